@@ -1,0 +1,284 @@
+"""Typed configuration of the RL algorithms. Every field is documented where it is declared and checked
+in __post_init__; defaults follow the papers (section/table cited) or, where they are silent, the choice
+recorded in docs/algorithms.md.
+
+Papers: PS = Policy Split (arXiv 2604.11510); COV = Cui et al. (arXiv 2505.22617); LB = Lei & Baehr
+(arXiv 2604.09676); EA = cheng2025 (arXiv 2506.14758); EDGE = arXiv 2507.21848; FORK = arXiv 2506.01939;
+ERPD = arXiv 2605.25582.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from policy_split_megatron.algorithms.aggregation import LOSS_AGG_MODES
+from policy_split_megatron.algorithms.common import KL_ESTIMATORS
+from policy_split_megatron.algorithms.entropy_baselines import EDA_NORMALIZERS
+from policy_split_megatron.algorithms.erpd import SIGNAL_CONSTRUCTIONS, STAGE1_OBJECTIVES
+from policy_split_megatron.algorithms.modes import DEFAULT_HE_SYSTEM_PROMPT, HE_PROMPT_PLACEMENTS
+from policy_split_megatron.algorithms.policy_split import CLAMP_ORDERS, ENTROPY_ESTIMATES
+from policy_split_megatron.algorithms.schedules import SCHEDULE_KINDS, schedule_value
+
+ALGORITHM_NAMES = (
+    "policy_split", "grpo", "entropy_reg", "entropy_adv", "entropy_driven_adv",
+    "forking_tokens", "clip_cov", "kl_cov", "erpd",
+)
+CENTERINGS = ("micro_batch", "global")
+ENTROPY_SOURCES = ("current", "old")
+
+
+def _one_of(owner: str, name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _check(owner: str, name: str, ok: bool, rule: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{owner}.{name} must be {rule}, got {value!r}")
+
+
+@dataclass
+class ScheduleConfig:
+    """A coefficient over optimizer steps (formulas in algorithms/schedules.py)."""
+
+    kind: str = "constant"  # "constant" | "linear" | "cosine" | "robbins_monro"
+    initial: float = 1.0  # value at step 0
+    final: float = 0.0  # floor: reached at total_steps (linear/cosine), approached (robbins_monro)
+    total_steps: int | None = None  # annealing length N; required by linear/cosine
+    t0: float = 100.0  # robbins_monro time scale: v_{t0} = final + (initial - final) / 2**power
+    power: float = 1.0  # robbins_monro exponent p in (0.5, 1] (Robbins-Monro conditions)
+
+    def __post_init__(self):
+        _one_of("schedule", "kind", self.kind, SCHEDULE_KINDS)
+        if self.kind in ("linear", "cosine"):
+            _check("schedule", "total_steps", bool(self.total_steps) and self.total_steps > 0,
+                   f"a positive integer for kind={self.kind!r}", self.total_steps)
+        if self.kind == "robbins_monro":
+            _check("schedule", "power", 0.5 < self.power <= 1.0, "in (0.5, 1]", self.power)
+            _check("schedule", "t0", self.t0 > 0, "> 0", self.t0)
+
+    def value(self, step: int) -> float:
+        return schedule_value(self.kind, step, initial=self.initial, final=self.final,
+                              total_steps=self.total_steps, t0=self.t0, power=self.power)
+
+
+@dataclass
+class AdvantageConfig:
+    """GRPO group advantage (Eq. 2 of PS); also used by every baseline and ERPD stage 1."""
+
+    normalize_by_std: bool = True  # divide by the group std (GRPO); False = Dr. GRPO's r - mean
+    std_unbiased: bool = True  # Bessel-corrected std (torch.std, verl); False = population std
+    eps: float = 1e-6  # added to the std (verl's epsilon)
+
+    def __post_init__(self):
+        _check("advantage", "eps", self.eps >= 0, ">= 0", self.eps)
+
+
+@dataclass
+class PPOConfig:
+    """PPO-clip surrogate (Eq. 7-8 of PS) and the optional reference KL."""
+
+    clip_eps_low: float | None = 0.2  # PS Table 8: 0.2; None (with clip_eps_high None) = no clip
+    clip_eps_high: float | None = 0.2  # > clip_eps_low = DAPO clip-higher (e.g. 0.28)
+    dual_clip_c: float | None = None  # dual-clip cap for A < 0 (verl clip_ratio_c = 3.0); None = off
+    kl_coef: float = 0.0  # reference-KL loss coefficient; PS Table 8: 0.0 (off)
+    kl_estimator: str = "k3"  # "k1" | "k2" | "k3" | "abs": per-token estimator of KL(pi || pi_ref)
+
+    def __post_init__(self):
+        for name in ("clip_eps_low", "clip_eps_high"):
+            value = getattr(self, name)
+            _check("ppo", name, value is None or value >= 0, "None or >= 0", value)
+        _check("ppo", "clip_eps_low", self.clip_eps_low is None or self.clip_eps_low < 1, "< 1", self.clip_eps_low)
+        _check("ppo", "dual_clip_c", self.dual_clip_c is None or self.dual_clip_c > 1, "None or > 1", self.dual_clip_c)
+        _check("ppo", "kl_coef", self.kl_coef >= 0, ">= 0", self.kl_coef)
+        _one_of("ppo", "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+
+
+@dataclass
+class PolicySplitConfig:
+    """Policy Split (PS §3). HE = high-entropy mode."""
+
+    eta: float = 0.03  # η, weight of the HE bonus (PS §4.1)
+    eta_normal: float = 0.0  # η', bonus on normal-conditioned rows (PS §4.4 ablation; 0 = the method). >0 raises normal-mode entropy
+    kappa: float = 2.0  # κ, clamp |bonus| against |A|/κ (PS §4.1); 0 = no clamp (authors' code default)
+    alpha: float = 0.5  # α of Eq. 6: weight of -log π^HE vs -log π (PS §4.1)
+    clamp_order: str = "paper"  # "paper": η·clip(B, ±|A|/κ) (Eq. 3); "reference_code": clip(η·B, ±|A|/κ)
+    entropy_estimate: str = "logprob"  # "logprob": b from -log π_old (paper, code default); "entropy": full-vocab entropies
+    zscore_unbiased: bool = True  # Eq. 4 std: torch.std unbiased, as the authors' code
+    zscore_eps: float = 1e-6  # Eq. 4 epsilon added to the std (authors' code)
+    n_normal: int = 4  # responses per prompt sampled in the normal mode (G/2, PS Eq. 9; G = 8 read as total, §1.2 of notes)
+    n_explore: int = 4  # responses per prompt sampled in the HE mode (G/2)
+    joint_groups: bool = True  # True: G counts both modes, one group of n_normal + n_explore (authors' code); False: per-mode groups (ablation)
+    he_system_prompt: str = DEFAULT_HE_SYSTEM_PROMPT  # the HE instruction s (PS §3.1, App. C.2, verbatim)
+    he_prompt_placement: str = "system"  # "system": a real system turn (Eq. 1); "user_prefix": prepended to the user turn
+    kl_metric_estimator: str = "k1"  # estimator of the inter-mode KL metrics (authors log verl's kl_penalty)
+
+    def __post_init__(self):
+        _check("policy_split", "eta", self.eta >= 0, ">= 0", self.eta)
+        _check("policy_split", "kappa", self.kappa == 0 or self.kappa >= 1, "0 (no clamp) or >= 1", self.kappa)
+        _check("policy_split", "alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]", self.alpha)
+        _one_of("policy_split", "clamp_order", self.clamp_order, CLAMP_ORDERS)
+        _one_of("policy_split", "entropy_estimate", self.entropy_estimate, ENTROPY_ESTIMATES)
+        _check("policy_split", "zscore_eps", self.zscore_eps >= 0, ">= 0", self.zscore_eps)
+        _check("policy_split", "n_normal", isinstance(self.n_normal, int) and self.n_normal >= 1, "an int >= 1", self.n_normal)
+        _check("policy_split", "n_explore", isinstance(self.n_explore, int) and self.n_explore >= 1, "an int >= 1", self.n_explore)
+        _check("policy_split", "he_system_prompt", isinstance(self.he_system_prompt, str) and bool(self.he_system_prompt.strip()),
+               "a non-empty string", self.he_system_prompt)
+        _one_of("policy_split", "he_prompt_placement", self.he_prompt_placement, HE_PROMPT_PLACEMENTS)
+        _one_of("policy_split", "kl_metric_estimator", self.kl_metric_estimator, KL_ESTIMATORS)
+
+    @property
+    def rollouts_per_prompt(self) -> int:
+        """Responses generated per prompt over both modes (the paper's G; one joint group when joint_groups)."""
+        return self.n_normal + self.n_explore
+
+
+@dataclass
+class EntropyRegConfig:
+    """Entropy Regularization baseline: loss -= c_t * agg(H) (PS App. B.3; verl entropy_coeff)."""
+
+    coef: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", initial=0.003))  # PS: 0.003
+
+    def __post_init__(self):
+        _check("entropy_reg.coef", "initial", self.coef.initial >= 0, ">= 0", self.coef.initial)
+
+
+@dataclass
+class EntropyAdvConfig:
+    """Entropy Advantage (EA): A + min(α·H.detach(), |A|/κ)."""
+
+    alpha: float = 0.4  # α (PS App. B.3, EA)
+    kappa: float = 2.0  # κ > 1 keeps the sign of A (PS App. B.3, EA)
+    entropy_source: str = "current"  # "current": entropy of the update's forward pass (EA code); "old": π_old's
+
+    def __post_init__(self):
+        _check("entropy_adv", "alpha", self.alpha >= 0, ">= 0", self.alpha)
+        _check("entropy_adv", "kappa", self.kappa > 1, "> 1 (so the bonus never flips the sign of A)", self.kappa)
+        _one_of("entropy_adv", "entropy_source", self.entropy_source, ENTROPY_SOURCES)
+
+
+@dataclass
+class EntropyDrivenAdvConfig:
+    """Entropy-Driven Advantage (EDGE, signal level): A_i / (P_i / mean P)."""
+
+    normalizer: str = "group"  # "group": mean P over the GRPO group (EDGE paper); "batch": over the batch (EDGE code)
+    eps: float = 1e-6  # keeps P_i = 0 finite
+
+    def __post_init__(self):
+        _one_of("entropy_driven_adv", "normalizer", self.normalizer, EDA_NORMALIZERS)
+        _check("entropy_driven_adv", "eps", self.eps > 0, "> 0", self.eps)
+
+
+@dataclass
+class ForkingTokensConfig:
+    """Forking Tokens only (FORK): gradient on the top fraction of tokens by entropy."""
+
+    top_fraction: float = 0.2  # ρ: keep the top 20 % highest-entropy tokens (FORK; PS App. B.3)
+
+    def __post_init__(self):
+        _check("forking_tokens", "top_fraction", 0.0 < self.top_fraction <= 1.0, "in (0, 1]", self.top_fraction)
+
+
+@dataclass
+class ClipCovConfig:
+    """Clip-Cov (COV Eq. 11-12; verl compute_policy_loss_clip_cov)."""
+
+    ratio: float = 2e-4  # fraction of valid tokens detached (COV, PS App. B.3)
+    lb: float = 1.0  # strict lower bound of the covariance band (COV)
+    ub: float = 5.0  # strict upper bound of the covariance band (COV)
+    centering: str = "micro_batch"  # "micro_batch" (verl) | "global": caller passes all-reduced means
+
+    def __post_init__(self):
+        _check("clip_cov", "ratio", 0.0 < self.ratio <= 1.0, "a fraction in (0, 1]", self.ratio)
+        _check("clip_cov", "ub", self.ub > self.lb, f"> lb = {self.lb}", self.ub)
+        _one_of("clip_cov", "centering", self.centering, CENTERINGS)
+
+
+@dataclass
+class KLCovConfig:
+    """KL-Cov (COV Eq. 13-14; verl compute_policy_loss_kl_cov), with an optionally annealed β (LB)."""
+
+    ratio: float = 2e-4  # k as a FRACTION (COV: 2e-3 for 7B, 2e-4 for 32B; original code's k_percent is in %)
+    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", initial=1.0))  # β (COV: 1, constant)
+    centering: str = "micro_batch"  # "micro_batch" (verl) | "global"
+
+    def __post_init__(self):
+        _check("kl_cov", "ratio", 0.0 < self.ratio <= 1.0, "a fraction in (0, 1] (2e-4 = 0.02 %)", self.ratio)
+        _check("kl_cov.beta", "initial", self.beta.initial >= 0, ">= 0", self.beta.initial)
+        _one_of("kl_cov", "centering", self.centering, CENTERINGS)
+
+
+@dataclass
+class ERPDConfig:
+    """ERPD (arXiv 2605.25582); the paper's losses are not public: defaults are this package's choices."""
+
+    stage: int = 1  # 1: weakly constrained off-policy optimisation; 2: distillation into the base
+    stage1_objective: str = "pg"  # "pg" | "ce" | "mse"
+    stage1_clip_eps: float | None = None  # clip of the stage-1 ratio to the stored log-probs; None = no clip
+    ce_reward_threshold: float = 0.0  # "ce": responses with reward > threshold are the positives
+    ce_advantage_weighted: bool = False  # "ce": weight each positive by max(A, 0) instead of 1
+    mse_target_scale: float = 0.1  # "mse": target log π/π_ref = scale * A (scale = 1/β of a KL-regularised optimum)
+    signal: str = "log_ratio"  # stage 2: "log_ratio" | "log_ratio_clipped" | "sign" | "reference_corrected"
+    signal_clip: float = 1.0  # "log_ratio_clipped": |signal| <= signal_clip (nats)
+    signal_scale: float = 1.0  # multiplies the (teacher-averaged) signal
+    distill_clip_eps: float | None = 0.2  # stage-2 clip of π/π_base (PPO's 0.2); None = no clip
+    distill_kl_coef: float = 0.1  # stage-2 KL(π_base || π) penalty coefficient
+    distill_kl_estimator: str = "k3"  # per-token estimator of that KL
+    kl_drop_bound: float | None = None  # drop the surrogate of tokens whose per-token KL exceeds this; None = off
+
+    def __post_init__(self):
+        _check("erpd", "stage", self.stage in (1, 2), "1 or 2", self.stage)
+        _one_of("erpd", "stage1_objective", self.stage1_objective, STAGE1_OBJECTIVES)
+        _check("erpd", "stage1_clip_eps", self.stage1_clip_eps is None or self.stage1_clip_eps > 0, "None or > 0", self.stage1_clip_eps)
+        _check("erpd", "mse_target_scale", self.mse_target_scale > 0, "> 0", self.mse_target_scale)
+        _one_of("erpd", "signal", self.signal, SIGNAL_CONSTRUCTIONS)
+        _check("erpd", "signal_clip", self.signal_clip > 0, "> 0", self.signal_clip)
+        _check("erpd", "distill_clip_eps", self.distill_clip_eps is None or 0 < self.distill_clip_eps < 1,
+               "None or in (0, 1)", self.distill_clip_eps)
+        _check("erpd", "distill_kl_coef", self.distill_kl_coef >= 0, ">= 0", self.distill_kl_coef)
+        _one_of("erpd", "distill_kl_estimator", self.distill_kl_estimator, KL_ESTIMATORS)
+        _check("erpd", "kl_drop_bound", self.kl_drop_bound is None or self.kl_drop_bound > 0, "None or > 0", self.kl_drop_bound)
+
+
+@dataclass
+class AlgorithmConfig:
+    """Root: which algorithm runs, and the settings of all of them (only the named one is used)."""
+
+    name: str = "policy_split"  # one of ALGORITHM_NAMES
+    loss_agg_mode: str = "token-mean"  # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" (verl meaning; PS silent, verl default)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    policy_split: PolicySplitConfig = field(default_factory=PolicySplitConfig)
+    entropy_reg: EntropyRegConfig = field(default_factory=EntropyRegConfig)
+    entropy_adv: EntropyAdvConfig = field(default_factory=EntropyAdvConfig)
+    entropy_driven_adv: EntropyDrivenAdvConfig = field(default_factory=EntropyDrivenAdvConfig)
+    forking_tokens: ForkingTokensConfig = field(default_factory=ForkingTokensConfig)
+    clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
+    kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
+    erpd: ERPDConfig = field(default_factory=ERPDConfig)
+
+    def __post_init__(self):
+        _one_of("algorithm", "name", self.name, ALGORITHM_NAMES)
+        _one_of("algorithm", "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+        if self.name in ("clip_cov", "kl_cov") and self.ppo.dual_clip_c is not None:
+            raise ValueError(f"algorithm.ppo.dual_clip_c is not used by {self.name} (verl semantics); set it to None")
+
+
+def config_from_dict(cls, data: Mapping[str, Any] | None):
+    """Build a config dataclass from nested plain dicts (e.g. YAML); unknown keys are an error."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        sub = hints[key]
+        if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):
+            value = config_from_dict(sub, value)
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,140 @@
+"""Build the Megatron policy (`GPTModel`) for this process's tensor/pipeline-parallel rank.
+
+The layer spec is chosen by device: Transformer Engine on CUDA (so FP8 is possible), megatron-core's
+local spec with an SDPA core attention on CPU (the local `DotProductAttention` needs CUDA).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from policy_split_megatron.model.architecture import ModelArchitecture
+from policy_split_megatron.model.cpu_modules import CPURotaryEmbedding, SDPACoreAttention
+
+
+def transformer_engine_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+
+
+def layer_spec(arch: ModelArchitecture, use_transformer_engine: bool) -> ModuleSpec:
+    if use_transformer_engine:
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
+    spec = get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    return spec
+
+
+def transformer_config(
+    arch: ModelArchitecture,
+    *,
+    params_dtype: torch.dtype = torch.float32,
+    use_cpu_initialization: bool | None = None,
+    **overrides,
+) -> TransformerConfig:
+    """The TransformerConfig equivalent of `arch` for the current parallel state. `overrides`
+    pass through (FP8 settings, recompute, ...)."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    arch.validate_parallel(tp, pp)
+    on_cpu = not torch.cuda.is_available()
+    kwargs = dict(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_key_value_heads,
+        kv_channels=arch.head_dim,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=arch.qkv_bias,
+        qk_layernorm=arch.qk_norm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        use_cpu_initialization=on_cpu if use_cpu_initialization is None else use_cpu_initialization,
+        # The fusions below need CUDA extensions; the TE spec brings its own fused kernels.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def build_policy_model(
+    arch: ModelArchitecture,
+    *,
+    params_dtype: torch.dtype = torch.float32,
+    use_transformer_engine: bool | None = None,
+    **config_overrides,
+) -> GPTModel:
+    """The GPTModel stage of this rank: embedding on the first pipeline stage, output layer on the
+    last, layers offset by megatron-core from the pipeline rank. Tied embeddings are handled the
+    way megatron-core does (the last stage keeps a copy of the word embeddings as output weight,
+    synchronised through the embedding group)."""
+    use_te = transformer_engine_available() if use_transformer_engine is None else use_transformer_engine
+    config = transformer_config(arch, params_dtype=params_dtype, **config_overrides)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(arch, use_te),
+        vocab_size=arch.padded_vocab_size(tp),
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=True,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(arch.rope_theta) if float(arch.rope_theta).is_integer() else arch.rope_theta,
+        rope_scaling=arch.rope_scaling_factor is not None,
+        rope_scaling_factor=arch.rope_scaling_factor or 8.0,
+    )
+    if torch.cuda.is_available():
+        model = model.cuda()
+    elif getattr(model, "rotary_pos_emb", None) is not None:
+        model.rotary_pos_emb.__class__ = CPURotaryEmbedding
+    return model
+
+
+def masked_vocab_logits(logits: torch.Tensor, arch: ModelArchitecture) -> torch.Tensor:
+    """Give the padded vocabulary columns of this TP shard a logit of -inf-like magnitude, so they
+    carry zero probability in softmax, log-probs and entropy (a literal -inf would turn p*z into
+    NaN). Only the shard(s) holding padding pay for the masking."""
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    local = logits.shape[-1]
+    first_padded = arch.vocab_size - rank * local
+    if first_padded >= local:
+        return logits
+    # In place: the producer (the output layer's matmul + transpose) does not need its output for
+    # backward, so autograd accepts this and no second [tokens, V/TP] buffer is made.
+    logits[..., max(first_padded, 0) :] = torch.finfo(logits.dtype).min / 2
+    return logits
+
+
+def forward_logits(model: GPTModel, input_ids: torch.Tensor, arch: ModelArchitecture) -> torch.Tensor:
+    """Causal forward of a single-stage model: [b, s] token ids -> [b, s, V_padded/TP] logits with
+    the padded vocabulary masked."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+    logits = model(input_ids=input_ids, position_ids=positions, attention_mask=None)
+    return masked_vocab_logits(logits, arch)
