@@ -180,18 +180,18 @@ def _release_memory() -> None:
         pass
 
 
-def _peak_rss_mib(variant, logits, target, group) -> float | None:
+def _step_with_peak_rss(variant, logits, target, group):
+    """One step; returns its outputs and the RSS high-water mark it added (MiB), None if the
+    kernel does not let this process reset VmHWM."""
     _release_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
+        before = _status_kib("VmRSS")
     except OSError:
-        return None
-    before = _status_kib("VmRSS")
+        before = None
     out = _step(variant, logits, target, group)
-    peak = _status_kib("VmHWM")
-    del out
-    return (peak - before) / 1024
+    return out, None if before is None else (_status_kib("VmHWM") - before) / 1024
 
 
 @contextlib.contextmanager
@@ -263,12 +263,12 @@ def _worker(rank: int, world_size: int, port: int, args: argparse.Namespace) -> 
 
         rows, reference = [], None
         for v in variants(args.chunk_size):
-            logp, entropy, grad = _step(v, logits, target, group)  # warm-up, and the cross-check
+            # The first step is the warm-up, the RSS measurement and the cross-check.
+            (logp, entropy, grad), rss = _step_with_peak_rss(v, logits, target, group)
             sample = (logp, entropy, grad[:GRAD_ROWS].float().clone())
             del grad
             reference = sample if reference is None else reference
             err = max(_rel(a, b) for a, b in zip(sample, reference))
-            rss = _peak_rss_mib(v, logits, target, group)
             alloc = _peak_alloc_mib(v, logits, target, group)
             rows.append(dict(name=v.name, time=_time_s(v, logits, target, group, args.repeats),
                              alloc=alloc, rss=rss, err=err))

@@ -30,7 +30,8 @@ def grpo_advantages(
 ) -> torch.Tensor:
     """Sequence-level GRPO advantages [B] (Eq. 2 of arXiv 2604.11510)."""
     if rewards.dim() != 1 or group_ids.shape != rewards.shape:
-        raise ValueError(f"rewards and group_ids must both be [B], got {tuple(rewards.shape)} and {tuple(group_ids.shape)}")
+        raise ValueError(f"rewards and group_ids must both be [B], got {tuple(rewards.shape)} "
+                         f"and {tuple(group_ids.shape)}")
     index, num_groups = dense_group_index(group_ids)
     mean, std, _ = group_mean_std(rewards, index, num_groups, torch.ones_like(rewards), std_unbiased)
     centred = rewards.to(torch.float64) - mean[index]

@@ -102,18 +102,23 @@ class PolicySplitConfig:
     """Policy Split (PS §3). HE = high-entropy mode."""
 
     eta: float = 0.03  # η, weight of the HE bonus (PS §4.1)
-    eta_normal: float = 0.0  # η', bonus on normal-conditioned rows (PS §4.4 ablation; 0 = the method). >0 raises normal-mode entropy
+    # η', bonus on normal-conditioned rows (PS §4.4 ablation; 0 = the method). >0 raises normal-mode entropy
+    eta_normal: float = 0.0
     kappa: float = 2.0  # κ, clamp |bonus| against |A|/κ (PS §4.1); 0 = no clamp (authors' code default)
     alpha: float = 0.5  # α of Eq. 6: weight of -log π^HE vs -log π (PS §4.1)
     clamp_order: str = "paper"  # "paper": η·clip(B, ±|A|/κ) (Eq. 3); "reference_code": clip(η·B, ±|A|/κ)
-    entropy_estimate: str = "logprob"  # "logprob": b from -log π_old (paper, code default); "entropy": full-vocab entropies
+    # "logprob": b from -log π_old (paper, code default); "entropy": full-vocab entropies
+    entropy_estimate: str = "logprob"
     zscore_unbiased: bool = True  # Eq. 4 std: torch.std unbiased, as the authors' code
     zscore_eps: float = 1e-6  # Eq. 4 epsilon added to the std (authors' code)
-    n_normal: int = 4  # responses per prompt sampled in the normal mode (G/2, PS Eq. 9; G = 8 read as total, §1.2 of notes)
+    # responses per prompt sampled in the normal mode: G/2 (PS Eq. 9); PS's "rollout size 8" read as G = 8
+    n_normal: int = 4
     n_explore: int = 4  # responses per prompt sampled in the HE mode (G/2)
-    joint_groups: bool = True  # True: G counts both modes, one group of n_normal + n_explore (authors' code); False: per-mode groups (ablation)
+    # True: G counts both modes, one group of n_normal + n_explore (authors' code); False: per-mode groups (ablation)
+    joint_groups: bool = True
     he_system_prompt: str = DEFAULT_HE_SYSTEM_PROMPT  # the HE instruction s (PS §3.1, App. C.2, verbatim)
-    he_prompt_placement: str = "system"  # "system": a real system turn (Eq. 1); "user_prefix": prepended to the user turn
+    # "system": a real system turn (Eq. 1); "user_prefix": prepended to the user turn
+    he_prompt_placement: str = "system"
     kl_metric_estimator: str = "k1"  # estimator of the inter-mode KL metrics (authors log verl's kl_penalty)
 
     def __post_init__(self):
@@ -123,10 +128,12 @@ class PolicySplitConfig:
         _one_of("policy_split", "clamp_order", self.clamp_order, CLAMP_ORDERS)
         _one_of("policy_split", "entropy_estimate", self.entropy_estimate, ENTROPY_ESTIMATES)
         _check("policy_split", "zscore_eps", self.zscore_eps >= 0, ">= 0", self.zscore_eps)
-        _check("policy_split", "n_normal", isinstance(self.n_normal, int) and self.n_normal >= 1, "an int >= 1", self.n_normal)
-        _check("policy_split", "n_explore", isinstance(self.n_explore, int) and self.n_explore >= 1, "an int >= 1", self.n_explore)
-        _check("policy_split", "he_system_prompt", isinstance(self.he_system_prompt, str) and bool(self.he_system_prompt.strip()),
-               "a non-empty string", self.he_system_prompt)
+        for name in ("n_normal", "n_explore"):
+            value = getattr(self, name)
+            _check("policy_split", name, isinstance(value, int) and value >= 1, "an int >= 1", value)
+        prompt = self.he_system_prompt
+        _check("policy_split", "he_system_prompt", isinstance(prompt, str) and bool(prompt.strip()),
+               "a non-empty string", prompt)
         _one_of("policy_split", "he_prompt_placement", self.he_prompt_placement, HE_PROMPT_PLACEMENTS)
         _one_of("policy_split", "kl_metric_estimator", self.kl_metric_estimator, KL_ESTIMATORS)
 
@@ -202,7 +209,8 @@ class KLCovConfig:
     """KL-Cov (COV Eq. 13-14; verl compute_policy_loss_kl_cov), with an optionally annealed β (LB)."""
 
     ratio: float = 2e-4  # k as a FRACTION (COV: 2e-3 for 7B, 2e-4 for 32B; original code's k_percent is in %)
-    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", initial=1.0))  # β (COV: 1, constant)
+    # β (COV: 1, constant)
+    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", initial=1.0))
     centering: str = "micro_batch"  # "micro_batch" (verl) | "global"
 
     def __post_init__(self):
@@ -232,7 +240,8 @@ class ERPDConfig:
     def __post_init__(self):
         _check("erpd", "stage", self.stage in (1, 2), "1 or 2", self.stage)
         _one_of("erpd", "stage1_objective", self.stage1_objective, STAGE1_OBJECTIVES)
-        _check("erpd", "stage1_clip_eps", self.stage1_clip_eps is None or self.stage1_clip_eps > 0, "None or > 0", self.stage1_clip_eps)
+        eps = self.stage1_clip_eps
+        _check("erpd", "stage1_clip_eps", eps is None or eps > 0, "None or > 0", eps)
         _check("erpd", "mse_target_scale", self.mse_target_scale > 0, "> 0", self.mse_target_scale)
         _one_of("erpd", "signal", self.signal, SIGNAL_CONSTRUCTIONS)
         _check("erpd", "signal_clip", self.signal_clip > 0, "> 0", self.signal_clip)
@@ -240,7 +249,8 @@ class ERPDConfig:
                "None or in (0, 1)", self.distill_clip_eps)
         _check("erpd", "distill_kl_coef", self.distill_kl_coef >= 0, ">= 0", self.distill_kl_coef)
         _one_of("erpd", "distill_kl_estimator", self.distill_kl_estimator, KL_ESTIMATORS)
-        _check("erpd", "kl_drop_bound", self.kl_drop_bound is None or self.kl_drop_bound > 0, "None or > 0", self.kl_drop_bound)
+        bound = self.kl_drop_bound
+        _check("erpd", "kl_drop_bound", bound is None or bound > 0, "None or > 0", bound)
 
 
 @dataclass
@@ -248,7 +258,8 @@ class AlgorithmConfig:
     """Root: which algorithm runs, and the settings of all of them (only the named one is used)."""
 
     name: str = "policy_split"  # one of ALGORITHM_NAMES
-    loss_agg_mode: str = "token-mean"  # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" (verl meaning; PS silent, verl default)
+    # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" (verl meaning; PS silent, verl default)
+    loss_agg_mode: str = "token-mean"
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     policy_split: PolicySplitConfig = field(default_factory=PolicySplitConfig)

@@ -113,7 +113,8 @@ def build_quarters(
         counts[sample.prompt_index, sample.mode] += 1
     for mode, expected, name in ((NORMAL, n_normal, "n_normal"), (HIGH_ENTROPY, n_explore, "n_explore")):
         if expected is not None and bool((counts[:, mode] != expected).any()):
-            raise ValueError(f"every prompt must have {name}={expected} responses of that mode, got {counts[:, mode].tolist()}")
+            raise ValueError(f"every prompt must have {name}={expected} responses of that mode, "
+                             f"got {counts[:, mode].tolist()}")
 
     rows = []  # (prompt ids, response ids, conditioning, sample)
     for conditioning in (NORMAL, HIGH_ENTROPY):

@@ -84,7 +84,8 @@ def requirements(cfg: AlgorithmConfig) -> Requirements:
         old_entropy=name in ("entropy_driven_adv", "forking_tokens")
         or (name == "entropy_adv" and cfg.entropy_adv.entropy_source == "old")
         or (name == "policy_split" and cfg.policy_split.entropy_estimate == "entropy"),
-        current_entropy=name == "entropy_reg" or (name == "entropy_adv" and cfg.entropy_adv.entropy_source == "current"),
+        current_entropy=name == "entropy_reg"
+        or (name == "entropy_adv" and cfg.entropy_adv.entropy_source == "current"),
         ref_log_probs=(name != "erpd" and cfg.ppo.kl_coef > 0),
         quarters=name == "policy_split",
         teacher_log_probs=name == "erpd" and cfg.erpd.stage == 2,
@@ -136,7 +137,8 @@ def compute_advantages(cfg: AlgorithmConfig, batch: RolloutBatch) -> AdvantageRe
         result.gradient_mask, threshold = eb.forking_token_mask(
             _need(batch.old_entropy, "RolloutBatch.old_entropy", cfg), mask,
             top_fraction=cfg.forking_tokens.top_fraction, threshold=batch.forking_threshold)
-        result.metrics = {"forking_threshold": threshold, "forking_frac": masked_mean(result.gradient_mask.float(), mask)}
+        result.metrics = {"forking_threshold": threshold,
+                          "forking_frac": masked_mean(result.gradient_mask.float(), mask)}
     elif name == "erpd":
         e = cfg.erpd
         if e.stage == 2:

@@ -79,7 +79,7 @@ class LocalParam:
         return tuple(n.format(layer=self.layer) for n in self.mapping.hf)
 
 
-def _resolve(model: torch.nn.Module, arch: ModelArchitecture) -> list[LocalParam]:
+def resolve_parameters(model: torch.nn.Module, arch: ModelArchitecture) -> list[LocalParam]:
     by_pattern = {m.megatron: m for m in mappings_for(arch)}
     layer_numbers = {}
     decoder = getattr(model, "decoder", None)
@@ -113,7 +113,7 @@ def load_hf_weights(model: torch.nn.Module, arch: ModelArchitecture, tensors: Ma
     rank, size = _tp()
     params = dict(model.named_parameters())
     plan = []
-    for entry in _resolve(model, arch):
+    for entry in resolve_parameters(model, arch):
         missing = [n for n in entry.hf_names if n not in tensors]
         if missing:
             raise WeightMismatchError(
@@ -152,7 +152,7 @@ def export_plan(model: torch.nn.Module, arch: ModelArchitecture) -> list[ExportT
     params = dict(model.named_parameters())
     stage = parallel_state.get_pipeline_model_parallel_rank()
     local = []
-    for entry in _resolve(model, arch):
+    for entry in resolve_parameters(model, arch):
         if entry.local_name == "output_layer.weight" and arch.tie_word_embeddings:
             continue  # a copy of the embedding, exported from the first stage
         param = params[entry.local_name]

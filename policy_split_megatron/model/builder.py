@@ -6,6 +6,7 @@ local spec with an SDPA core attention on CPU (the local `DotProductAttention` n
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import torch
@@ -20,7 +21,9 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from policy_split_megatron.model.architecture import ModelArchitecture
-from policy_split_megatron.model.cpu_modules import CPURotaryEmbedding, SDPACoreAttention
+
+
+from policy_split_megatron.model.cpu_modules import CPURotaryEmbedding, SDPACoreAttention, tensors_stay_on_cpu
 
 
 def transformer_engine_available() -> bool:
@@ -67,6 +70,7 @@ def transformer_config(
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,  # dtype of the activations sent between stages
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
         use_cpu_initialization=on_cpu if use_cpu_initialization is None else use_cpu_initialization,
@@ -96,21 +100,23 @@ def build_policy_model(
     use_te = transformer_engine_available() if use_transformer_engine is None else use_transformer_engine
     config = transformer_config(arch, params_dtype=params_dtype, **config_overrides)
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec(arch, use_te),
-        vocab_size=arch.padded_vocab_size(tp),
-        max_sequence_length=arch.max_position_embeddings,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
-        parallel_output=True,
-        share_embeddings_and_output_weights=arch.tie_word_embeddings,
-        position_embedding_type="rope",
-        rotary_base=int(arch.rope_theta) if float(arch.rope_theta).is_integer() else arch.rope_theta,
-        rope_scaling=arch.rope_scaling_factor is not None,
-        rope_scaling_factor=arch.rope_scaling_factor or 8.0,
-    )
-    if torch.cuda.is_available():
+    on_cpu = not torch.cuda.is_available()
+    with tensors_stay_on_cpu() if on_cpu else contextlib.nullcontext():
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=layer_spec(arch, use_te),
+            vocab_size=arch.padded_vocab_size(tp),
+            max_sequence_length=arch.max_position_embeddings,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+            parallel_output=True,
+            share_embeddings_and_output_weights=arch.tie_word_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(arch.rope_theta) if float(arch.rope_theta).is_integer() else arch.rope_theta,
+            rope_scaling=arch.rope_scaling_factor is not None,
+            rope_scaling_factor=arch.rope_scaling_factor or 8.0,
+        )
+    if not on_cpu:
         model = model.cuda()
     elif getattr(model, "rotary_pos_emb", None) is not None:
         model.rotary_pos_emb.__class__ = CPURotaryEmbedding

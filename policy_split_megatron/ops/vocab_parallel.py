@@ -150,7 +150,7 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
         rows = chunks[0][1] if chunks else 0
         f32 = dict(dtype=torch.float32, device=logits_2d.device)
         grad = torch.empty_like(logits_2d)
-
+        grad[:, valid:].zero_()  # vocabulary padding
         real, grad_real = logits_2d[:, :valid], grad[:, :valid]
 
         # g_j = (g1 1[j==t] - p_j (g1 + g2 (d_j - E_p[d]))) / T  with g1 = dL/dlogp, g2 = dL/dH,

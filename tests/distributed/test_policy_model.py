@@ -28,11 +28,10 @@ def _check_against_hf(rank, world_size, folders):
     from transformers import AutoConfig
 
     from policy_split_megatron.bridge import SafetensorsSource, export_hf_weights, load_hf_weights
-    from policy_split_megatron.bridge.families import mappings_for
     from policy_split_megatron.model import architecture_from_hf, build_policy_model
     from policy_split_megatron.model.builder import forward_logits
     from policy_split_megatron.model.grads import finalize_grads
-    from tests.helpers.reference import hf_logits_and_grads, local_vocab_slice
+    from tests.helpers.reference import hf_logits_and_grads, local_vocab_slice, max_relative_grad_error
 
     tp_rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     report = {}
@@ -57,20 +56,7 @@ def _check_against_hf(rank, world_size, folders):
 
         (logits * local_vocab_slice(upstream, tp_rank, width)).sum().backward()
         finalize_grads(model)
-        params = dict(model.named_parameters())
-        grad_err = 0.0
-        by_pattern = {m.megatron: m for m in mappings_for(arch)}
-        for name, param in params.items():
-            pattern = name
-            layer = None
-            if name.startswith("decoder.layers."):
-                local_idx, rest = name[len("decoder.layers.") :].split(".", 1)
-                layer = int(local_idx)
-                pattern = "decoder.layers.{layer}." + rest
-            mapping = by_pattern[pattern]
-            ref = mapping.layout.shard([ref_grads[n.format(layer=layer)] for n in mapping.hf], tp_rank, tp, arch)
-            scale = ref.abs().max().item() + 1e-6
-            grad_err = max(grad_err, (param.grad - ref).abs().max().item() / scale)
+        grad_err = max_relative_grad_error(model, arch, ref_grads)
 
         exported = dict(export_hf_weights(model, arch))
         mismatched = [n for n in source if not torch.equal(exported.get(n, torch.empty(0)), source[n])]

@@ -26,3 +26,20 @@ def local_vocab_slice(full: torch.Tensor, tp_rank: int, local_width: int) -> tor
     cols = full[..., start : start + local_width]
     out[..., : cols.shape[-1]] = cols
     return out
+
+
+def max_relative_grad_error(model, arch, hf_grads) -> float:
+    """Largest |megatron grad - HF grad cut to this rank's shard| / max|HF grad| over the stage's
+    parameters (call after the cross-rank gradient reductions)."""
+    from megatron.core import parallel_state as ps
+
+    from policy_split_megatron.bridge.convert import resolve_parameters
+
+    rank, size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    params = dict(model.named_parameters())
+    worst = 0.0
+    for entry in resolve_parameters(model, arch):
+        ref = entry.mapping.layout.shard([hf_grads[n] for n in entry.hf_names], rank, size, arch)
+        grad = params[entry.local_name].grad
+        worst = max(worst, (grad - ref).abs().max().item() / (ref.abs().max().item() + 1e-6))
+    return worst

@@ -208,3 +208,14 @@ def test_policy_split_requires_quarter_fields():
     rollout, _, _ = _batch()
     with pytest.raises(ValueError, match="conditioning_mode"):
         compute_advantages(AlgorithmConfig(name="policy_split"), rollout)
+
+
+def test_algorithms_package_never_touches_process_groups():
+    import pathlib
+
+    import policy_split_megatron.algorithms as pkg
+
+    for path in pathlib.Path(pkg.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for forbidden in ("torch.distributed", "from torch import distributed", "import megatron", "from megatron"):
+            assert forbidden not in text, f"{path.name} mentions {forbidden}"
