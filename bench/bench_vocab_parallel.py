@@ -1,16 +1,16 @@
-"""Benchmark: vocab-parallel log-prob + entropy, ours versus gathering the vocab and versus Megatron.
+"""Benchmark: vocab-parallel log-prob + entropy, ours vs gathering the vocab vs Megatron's CE.
 
-    .venv/bin/python bench/bench_vocab_parallel.py [--tokens 4096] [--vocab 32768] [--dtype fp32|bf16]
-                                                   [--chunk-size 512] [--repeats 3]
+    .venv/bin/python bench/bench_vocab_parallel.py [--tokens 4096] [--vocab 32768]
+        [--dtype fp32|bf16] [--chunk-size 512] [--repeats 3]
 
 Spawns TP = 2 gloo processes (one thread each: this targets a 2-core CPU machine) and measures, for
 one forward + backward of loss = logp.sum() + H.sum() on a [tokens, vocab / 2] shard per rank:
 
   ours        `logprobs_and_entropy`, unchunked and with --chunk-size;
   (a)         all_gather of the shards (torch.distributed.nn.functional.all_gather, differentiable;
-              on gloo its backward is an all-to-all + sum, i.e. it SUMS the identical per-rank losses,
-              so that variant's loss is scaled by 1/TP to get the true gradient), then log_softmax
-              and entropy on the full vocab;
+              on gloo its backward is an all-to-all + sum, i.e. it SUMS the identical per-rank
+              losses, so that variant's loss is scaled by 1/TP to get the true gradient), then
+              log_softmax and entropy on the full vocab;
   (a')        the same with a Megatron-style gather whose backward just keeps the local slice
               (megatron-core's gather_from_tensor_model_parallel_region allocates on CUDA, so it is
               re-implemented here): the cheapest honest "gather the vocab" baseline;
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=32768, help="full vocabulary (split over TP=2)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--chunk-size", type=int, default=512, help="tokens per chunk for 'ours chunked'")
+    p.add_argument("--chunk-size", type=int, default=512, help="tokens per chunk, 'ours chunked'")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     if args.vocab % TP:
@@ -250,16 +250,21 @@ def _worker(rank: int, world_size: int, port: int, args: argparse.Namespace) -> 
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
     from megatron.core import parallel_state
 
-    from policy_split_megatron.distributed import ParallelLayout, destroy_distributed, init_distributed
+    from policy_split_megatron.distributed import (
+        ParallelLayout,
+        destroy_distributed,
+        init_distributed,
+    )
 
-    init_distributed(ParallelLayout(tensor_parallel=TP), rank=rank, world_size=world_size, backend="gloo")
+    layout = ParallelLayout(tensor_parallel=TP)
+    init_distributed(layout, rank=rank, world_size=world_size, backend="gloo")
     try:
         group = parallel_state.get_tensor_model_parallel_group()
         dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
         shard = args.vocab // TP
-        logits = (torch.randn(args.tokens, shard, generator=torch.Generator().manual_seed(rank)) * 2)
-        logits = logits.to(dtype)
-        target = torch.randint(0, args.vocab, (args.tokens,), generator=torch.Generator().manual_seed(99))
+        own, shared = torch.Generator().manual_seed(rank), torch.Generator().manual_seed(99)
+        logits = (torch.randn(args.tokens, shard, generator=own) * 2).to(dtype)
+        target = torch.randint(0, args.vocab, (args.tokens,), generator=shared)
 
         rows, reference = [], None
         for v in variants(args.chunk_size):
@@ -290,7 +295,8 @@ def _print_table(args, per_rank: list[list[dict]], logits: torch.Tensor) -> None
     a = next(r for r in rows if r["name"].startswith("(a)"))
     b = next(r for r in rows if r["name"].startswith("(b)"))
     shard_mib = logits.numel() * logits.element_size() / 2**20
-    print(f"tokens={args.tokens} vocab={args.vocab} TP={TP} shard=[{args.tokens}, {args.vocab // TP}] "
+    print(f"tokens={args.tokens} vocab={args.vocab} TP={TP} "
+          f"shard=[{args.tokens}, {args.vocab // TP}] "
           f"{args.dtype} ({shard_mib:.0f} MiB/rank), repeats={args.repeats}, 1 thread/rank, "
           f"torch {torch.__version__}")
     header = (f"{'variant':<40}{'fwd+bwd s':>10}{'peak alloc MiB':>16}{'peak RSS MiB':>14}"
@@ -301,7 +307,8 @@ def _print_table(args, per_rank: list[list[dict]], logits: torch.Tensor) -> None
         rss = "n/a" if r["rss"] is None else f"{r['rss']:.0f}"
         print(f"{r['name']:<40}{r['time']:>10.3f}{r['alloc']:>16.0f}{rss:>14}"
               f"{r['time'] / a['time']:>10.2f}{r['time'] / b['time']:>10.2f}"
-              f"{r['alloc'] / a['alloc']:>9.2f}{r['alloc'] / b['alloc']:>9.2f}{r['err']:>10.1e}", flush=True)
+              f"{r['alloc'] / a['alloc']:>9.2f}{r['alloc'] / b['alloc']:>9.2f}{r['err']:>10.1e}",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,3 +81,64 @@ def destroy_distributed() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _spawned_worker(rank, world_size, port, layout, fn, args, queue, quiet):
+    import traceback
+
+    if quiet:
+        from policy_split_megatron.console import quiet_third_party
+
+        quiet_third_party()
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    try:
+        init_distributed(layout, rank=rank, world_size=world_size, backend="gloo")
+        queue.put((rank, True, fn(rank, world_size, *args)))
+    except BaseException:  # noqa: BLE001 - the traceback is the caller's error message
+        queue.put((rank, False, traceback.format_exc()))
+    finally:
+        try:
+            destroy_distributed()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def spawn_local(
+    fn, world_size: int, layout: ParallelLayout, *args, timeout: float = 600, quiet: bool = False
+) -> list:
+    """Run fn(rank, world_size, *args) in `world_size` fresh CPU processes joined by gloo, with
+    Megatron's parallel state initialised to `layout`; return each rank's result (picklable), or
+    raise RuntimeError carrying the first failing rank's traceback. Fresh interpreters keep
+    Megatron's global parallel state from leaking between calls. `fn` must be importable
+    (module-level). `quiet` silences third-party warnings in the workers (console commands)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_spawned_worker, args=(r, world_size, port, layout, fn, args, queue, quiet))
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    results: dict[int, object] = {}
+    failure = None
+    try:
+        for _ in range(world_size):
+            rank, ok, payload = queue.get(timeout=timeout)
+            if not ok:
+                failure = f"rank {rank} failed:\n{payload}"
+                break  # the other ranks may be blocked in a collective: do not wait for them
+            results[rank] = payload
+    finally:
+        for p in procs:
+            p.join(timeout=5 if failure else timeout)
+            if p.is_alive():
+                p.kill()
+    if failure:
+        raise RuntimeError(failure)
+    return [results[r] for r in range(world_size)]

@@ -55,9 +55,8 @@ def _resolve_tp_group(tp_group: Any) -> tuple[Any, int, int]:
             return None, 1, 0
         tp_group = parallel_state.get_tensor_model_parallel_group()
     elif not isinstance(tp_group, dist.ProcessGroup):
-        raise TypeError(
-            f"tp_group must be a torch.distributed.ProcessGroup or None, got {type(tp_group).__name__}"
-        )
+        raise TypeError("tp_group must be a torch.distributed.ProcessGroup or None, got "
+                        f"{type(tp_group).__name__}")
     if not dist.is_initialized():
         raise RuntimeError("tp_group was given but torch.distributed is not initialized")
     size = dist.get_world_size(tp_group)
@@ -205,7 +204,8 @@ def _validate(logits: torch.Tensor, target: torch.Tensor, temperature: float,
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
-        raise TypeError(f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}")
+        raise TypeError(
+            f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}")
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
 

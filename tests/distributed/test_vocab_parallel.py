@@ -22,14 +22,19 @@ VOCAB, TP = 64, 2
 SHARD = VOCAB // TP
 
 
+def _loss(g_logp, logp, g_entropy, entropy):
+    """sum(g1 * logp) + sum(g2 * H), leaving out the terms whose upstream gradient is None."""
+    terms = ((g_logp, logp), (g_entropy, entropy))
+    return sum((g.to(out.dtype) * out).sum() for g, out in terms if g is not None)
+
+
 def _reference(logits_full, target, temperature, g_logp, g_entropy, vocab_size=VOCAB):
     """Float64 autograd over the real vocabulary (the first vocab_size columns)."""
     z = logits_full.detach().double().requires_grad_()
     logp_all = torch.log_softmax(z[..., :vocab_size] / temperature, dim=-1)
     logp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
-    loss = sum((g.double() * out).sum() for g, out in ((g_logp, logp), (g_entropy, entropy)) if g is not None)
-    loss.backward()
+    _loss(g_logp, logp, g_entropy, entropy).backward()
     return logp.detach(), entropy.detach(), z.grad
 
 
@@ -39,7 +44,7 @@ def _inputs(shape, dtype, seed, vocab_size=VOCAB):
     logits[..., SHARD:] += 4.0  # shard 1 holds most of the mass: local max != global max
     logits[..., vocab_size:] = 50.0  # vocabulary padding: would dominate if it were not left out
     target = torch.randint(0, vocab_size, shape, generator=gen)
-    # Both shards own targets (when both hold real tokens), including each shard's first and last id.
+    # Both shards own targets (when both hold real tokens), including each shard's first/last id.
     edges = sorted({0, SHARD - 1, SHARD, vocab_size - 1} & set(range(vocab_size)))
     target.view(-1)[: len(edges)] = torch.tensor(edges)
     target.view(-1)[4:8] = torch.tensor([1, 2, 3, 5])
@@ -64,8 +69,7 @@ def _run_case(rank, shape, dtype, temperature, chunk_size, grads, seed, tp_group
         local, target, tp_group=tp_group, temperature=temperature, chunk_size=chunk_size,
         vocab_size=vocab_size,
     )
-    loss = sum((g * out).sum() for g, out in ((g_logp, logp), (g_entropy, entropy)) if g is not None)
-    loss.backward()
+    _loss(g_logp, logp, g_entropy, entropy).backward()
     ref_logp, ref_entropy, ref_grad = _reference(logits, target, temperature, g_logp, g_entropy,
                                                  vocab_size or VOCAB)
     ref_grad_local = ref_grad[..., rank * SHARD:(rank + 1) * SHARD]  # 0 on the padding
@@ -84,7 +88,8 @@ CASES = {
     "fp32_batch_seq_temp": dict(shape=(3, 7), dtype=torch.float32, temperature=0.7, chunk_size=4),
     "fp32_chunk_divides": dict(shape=(36,), dtype=torch.float32, temperature=0.7, chunk_size=9),
     "bf16_flat": dict(shape=(37,), dtype=torch.bfloat16, temperature=1.0, chunk_size=None),
-    "bf16_batch_seq_temp_chunked": dict(shape=(3, 7), dtype=torch.bfloat16, temperature=0.7, chunk_size=5),
+    "bf16_batch_seq_temp_chunked": dict(shape=(3, 7), dtype=torch.bfloat16, temperature=0.7,
+                                        chunk_size=5),
     "logp_grad_only": dict(shape=(37,), dtype=torch.float32, temperature=0.7, chunk_size=8,
                            grads=("logp",)),
     "entropy_grad_only": dict(shape=(3, 7), dtype=torch.float32, temperature=1.0, chunk_size=None,
@@ -92,8 +97,8 @@ CASES = {
     # Megatron-padded vocabulary: rank 1 holds 8 real columns, then a shard of padding only.
     "fp32_padded_vocab_40": dict(shape=(37,), dtype=torch.float32, temperature=0.7, chunk_size=8,
                                  vocab_size=40),
-    "fp32_padded_vocab_30": dict(shape=(3, 7), dtype=torch.float32, temperature=1.0, chunk_size=None,
-                                 vocab_size=30),
+    "fp32_padded_vocab_30": dict(shape=(3, 7), dtype=torch.float32, temperature=1.0,
+                                 chunk_size=None, vocab_size=30),
 }
 CHUNK_SIZES = (1, 5, 16, 37, 100)
 _COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter")
@@ -118,24 +123,25 @@ def _all_cases(rank, world_size):
         results[name] = _run_case(rank, seed=seed, **case)
 
     # Chunked == unchunked, chunk sizes that do and do not divide T = 37.
-    base = _run_case(rank, (37,), torch.float32, 0.7, None, ("logp", "entropy"), seed=11)["outputs"]
-    results["chunked_vs_unchunked"] = {
-        cs: max((a - b).abs().max().item() for a, b in zip(
-            _run_case(rank, (37,), torch.float32, 0.7, cs, ("logp", "entropy"), seed=11)["outputs"], base))
-        for cs in CHUNK_SIZES
-    }
+    def outputs(chunk_size, **kwargs):
+        both = ("logp", "entropy")
+        return _run_case(rank, (37,), torch.float32, 0.7, chunk_size, both, seed=11, **kwargs)
+
+    def max_diff(ours, ref):
+        return max((a - b).abs().max().item() for a, b in zip(ours["outputs"], ref["outputs"]))
+
+    base = outputs(None)
+    results["chunked_vs_unchunked"] = {cs: max_diff(outputs(cs), base) for cs in CHUNK_SIZES}
 
     # An explicit group gives the same result; count collectives: 2 all-reduces of per-token data.
     for name in _COLLECTIVES:
         setattr(dist, name, recording(name))
     try:
-        explicit = _run_case(rank, (37,), torch.float32, 0.7, 8, ("logp", "entropy"), seed=11,
-                             tp_group=parallel_state.get_tensor_model_parallel_group())
+        explicit = outputs(8, tp_group=parallel_state.get_tensor_model_parallel_group())
     finally:
         for name, fn in originals.items():
             setattr(dist, name, fn)
-    results["explicit_group_vs_default"] = max(
-        (a - b).abs().max().item() for a, b in zip(explicit["outputs"], base))
+    results["explicit_group_vs_default"] = max_diff(explicit, base)
     results["collectives"] = calls
 
     # Out-of-range targets fail before any collective (so no rank hangs), on every rank.
@@ -175,7 +181,8 @@ def test_bf16_matches_reference_of_the_same_values(results, case):
 
 def test_chunked_equals_unchunked(results):
     for rank, res in enumerate(results):
-        assert max(res["chunked_vs_unchunked"].values()) <= 1e-6, (rank, res["chunked_vs_unchunked"])
+        diffs = res["chunked_vs_unchunked"]
+        assert max(diffs.values()) <= 1e-6, (rank, diffs)
 
 
 def test_explicit_group_and_two_small_collectives(results):
@@ -188,4 +195,5 @@ def test_explicit_group_and_two_small_collectives(results):
 
 def test_out_of_range_target_raises(results):
     for res in results:
-        assert "target" in res["bad_target"] and f"[0, {VOCAB})" in res["bad_target"], res["bad_target"]
+        message = res["bad_target"]
+        assert "target" in message and f"[0, {VOCAB})" in message, message

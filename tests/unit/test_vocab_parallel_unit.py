@@ -107,7 +107,7 @@ def test_large_logits_are_stable(temperature):
     logits += 1000.0  # exp() of any value not shifted by max(z / T) overflows fp32
     logp, entropy, grad = run_ours(logits, target, temperature, None, g1, g2)
     ref_logp, ref_entropy, ref_grad = reference(logits, target, temperature, g1, g2)
-    assert torch.isfinite(logp).all() and torch.isfinite(entropy).all() and torch.isfinite(grad).all()
+    assert all(torch.isfinite(t).all() for t in (logp, entropy, grad))
     assert rel_err(logp, ref_logp) <= 1e-5
     assert (entropy - ref_entropy).abs().max().item() <= 1e-4  # entropies here are ~0
     assert rel_err(grad, ref_grad) <= 1e-5
@@ -206,7 +206,7 @@ def test_memory_is_bounded_by_one_chunk(grads):
 
     step()  # warm-up outside the profiler
     grad_bytes = tokens * vocab * 2
-    chunk_buffers = 2 if "entropy" in grads else 1  # fp32 [chunk, V] buffers in backward (bf16 input)
+    chunk_buffers = 2 if "entropy" in grads else 1  # fp32 [chunk, V] in backward (bf16 input)
     budget = grad_bytes + chunk_buffers * chunk * vocab * 4 + 64 * tokens * 4  # + per-token vectors
     peak = _peak_extra_bytes(step)
     assert peak <= budget, (peak, budget)
