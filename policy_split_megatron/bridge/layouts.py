@@ -41,7 +41,8 @@ class RowLayout(Layout):
 
 
 class VocabLayout(Layout):
-    """Embedding / output layer: rows padded with zeros to the padded vocabulary, then split."""
+    """Embedding / output layer: rows padded with zeros to the padded vocabulary, then split. The
+    padded columns of the logits are left out by the log-prob op (its `vocab_size` argument)."""
 
     name = "vocab"
 

@@ -49,7 +49,7 @@ class ModelArchitecture:
     def padded_vocab_size(self, tensor_parallel: int, multiple: int = 128) -> int:
         """Megatron shards the vocabulary evenly over TP ranks: pad to a multiple of
         `multiple * tensor_parallel` (Megatron-LM's make-vocab-size-divisible-by rule). The padded
-        rows are zero and their logits are masked out (see `builder.masked_vocab_logits`)."""
+        rows are zero; the log-prob op leaves their logits out (see `builder.forward_logits`)."""
         unit = multiple * tensor_parallel
         return -(-self.vocab_size // unit) * unit
 

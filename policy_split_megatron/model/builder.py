@@ -105,7 +105,7 @@ def build_policy_model(
         model = GPTModel(
             config=config,
             transformer_layer_spec=layer_spec(arch, use_te),
-            vocab_size=arch.padded_vocab_size(tp),
+            vocab_size=arch.padded_vocab_size(tp),  # padding rows are zero; see forward_logits
             max_sequence_length=arch.max_position_embeddings,
             pre_process=parallel_state.is_pipeline_first_stage(),
             post_process=parallel_state.is_pipeline_last_stage(),
@@ -123,24 +123,9 @@ def build_policy_model(
     return model
 
 
-def masked_vocab_logits(logits: torch.Tensor, arch: ModelArchitecture) -> torch.Tensor:
-    """Give the padded vocabulary columns of this TP shard a logit of -inf-like magnitude, so they
-    carry zero probability in softmax, log-probs and entropy (a literal -inf would turn p*z into
-    NaN). Only the shard(s) holding padding pay for the masking."""
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    local = logits.shape[-1]
-    first_padded = arch.vocab_size - rank * local
-    if first_padded >= local:
-        return logits
-    # In place: the producer (the output layer's matmul + transpose) does not need its output for
-    # backward, so autograd accepts this and no second [tokens, V/TP] buffer is made.
-    logits[..., max(first_padded, 0) :] = torch.finfo(logits.dtype).min / 2
-    return logits
-
-
 def forward_logits(model: GPTModel, input_ids: torch.Tensor, arch: ModelArchitecture) -> torch.Tensor:
-    """Causal forward of a single-stage model: [b, s] token ids -> [b, s, V_padded/TP] logits with
-    the padded vocabulary masked."""
+    """Causal forward of a single-stage model: [b, s] token ids -> [b, s, V_padded/TP] logits.
+    Columns at or past `arch.vocab_size` are vocabulary padding: pass `vocab_size=arch.vocab_size`
+    to `ops.vocab_parallel.logprobs_and_entropy`, which leaves them out of the softmax."""
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
-    logits = model(input_ids=input_ids, position_ids=positions, attention_mask=None)
-    return masked_vocab_logits(logits, arch)
+    return model(input_ids=input_ids, position_ids=positions, attention_mask=None)

@@ -32,7 +32,7 @@ def _check_rank(rank: int, world_size: int, folder: str) -> dict:
     with torch.no_grad():
         reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(ids).logits
         logits = forward_logits(model, ids, arch)
-        logprobs, entropy = logprobs_and_entropy(logits[:, :-1], ids[:, 1:])
+        logprobs, entropy = logprobs_and_entropy(logits[:, :-1], ids[:, 1:], vocab_size=arch.vocab_size)
     tp_rank, width = ps.get_tensor_model_parallel_rank(), logits.shape[-1]
     valid = max(0, min(width, arch.vocab_size - tp_rank * width))
     logit_err = (logits[..., :valid] - reference[..., tp_rank * width : tp_rank * width + valid]).abs().max()

@@ -16,7 +16,7 @@ def _run_split(rank, world_size, folder, expect_tp):
     from transformers import AutoConfig
 
     from policy_split_megatron.bridge import SafetensorsSource, export_hf_weights, load_hf_weights
-    from policy_split_megatron.model import architecture_from_hf, build_policy_model, masked_vocab_logits
+    from policy_split_megatron.model import architecture_from_hf, build_policy_model
     from policy_split_megatron.model.grads import finalize_grads
     from tests.helpers.reference import hf_logits_and_grads, local_vocab_slice, max_relative_grad_error
 
@@ -51,7 +51,7 @@ def _run_split(rank, world_size, folder, expect_tp):
         dist.recv(received, src=prev_rank)
         received.requires_grad_(True)
         model.set_input_tensor(received)
-        logits = masked_vocab_logits(model(input_ids=ids, position_ids=positions, attention_mask=None), arch)
+        logits = model(input_ids=ids, position_ids=positions, attention_mask=None)
         width = logits.shape[-1]
         tp_rank = ps.get_tensor_model_parallel_rank()
         valid = max(0, min(width, arch.vocab_size - tp_rank * width))

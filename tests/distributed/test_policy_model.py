@@ -51,8 +51,6 @@ def _check_against_hf(rank, world_size, folders):
         valid = max(0, min(width, arch.vocab_size - tp_rank * width))
         expected = local_vocab_slice(ref_logits, tp_rank, width)
         logit_err = (logits[..., :valid] - expected[..., :valid]).abs().max().item()
-        # padded columns carry no probability
-        assert valid == width or logits[..., valid:].max().item() < -1e30
 
         (logits * local_vocab_slice(upstream, tp_rank, width)).sum().backward()
         finalize_grads(model)
