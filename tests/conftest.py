@@ -16,7 +16,7 @@ _GROUP_BY_FOLDER = {"unit": "unit", "distributed": "distributed", "slurm": "slur
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    skip_gpu = pytest.mark.skip(reason="needs CUDA: run on the GPU machine (see tests/gpu/README)")
+    skip_gpu = pytest.mark.skip(reason="needs CUDA: run `python -m pytest -m gpu` on a GPU machine")
     for item in items:
         parts = item.path.relative_to(config.rootpath).parts
         if len(parts) > 1 and parts[0] == "tests" and parts[1] in _GROUP_BY_FOLDER:
