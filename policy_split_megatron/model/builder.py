@@ -6,7 +6,6 @@ local spec with an SDPA core attention on CPU (the local `DotProductAttention` n
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 
 import torch
@@ -23,7 +22,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from policy_split_megatron.model.architecture import ModelArchitecture
 
 
-from policy_split_megatron.model.cpu_modules import CPURotaryEmbedding, SDPACoreAttention, tensors_stay_on_cpu
+from policy_split_megatron.cpu_shims import megatron_on_cpu
+from policy_split_megatron.model.cpu_modules import CPURotaryEmbedding, SDPACoreAttention
 
 
 def transformer_engine_available() -> bool:
@@ -101,7 +101,7 @@ def build_policy_model(
     config = transformer_config(arch, params_dtype=params_dtype, **config_overrides)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     on_cpu = not torch.cuda.is_available()
-    with tensors_stay_on_cpu() if on_cpu else contextlib.nullcontext():
+    with megatron_on_cpu():
         model = GPTModel(
             config=config,
             transformer_layer_spec=layer_spec(arch, use_te),

@@ -5,9 +5,9 @@
   scaled-dot-product attention instead.
 - `CPURotaryEmbedding`: `RotaryEmbedding.get_emb` moves `inv_freq` to `torch.cuda.current_device()`
   on first use; on CPU it must stay where it is.
-- `tensors_stay_on_cpu`: with tied embeddings split over pipeline stages, the model's constructor
-  moves the shared weight to CUDA (`weight.data.cuda()`) before the all-reduce that copies the
-  first stage's embedding to the last stage.
+
+Calls that megatron-core makes on `torch.cuda` outside these modules are shimmed in
+`policy_split_megatron/cpu_shims.py`.
 
 On GPUs the Transformer Engine spec and the stock RoPE are used, so none of this runs there.
 """
@@ -15,7 +15,6 @@ On GPUs the Transformer Engine spec and the stock RoPE are used, so none of this
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -94,14 +93,3 @@ class CPURotaryEmbedding(RotaryEmbedding):
             emb = torch.cat((freqs, freqs), dim=-1)
         return emb[:, None, None, :]
 
-
-@contextmanager
-def tensors_stay_on_cpu():
-    """Within the block `Tensor.cuda()` returns the tensor itself. Only for wrapping megatron-core
-    constructors on machines without CUDA."""
-    original = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda = original

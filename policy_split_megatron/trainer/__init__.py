@@ -1,0 +1,1 @@
+"""The RL loop and what it composes: optimizer, checkpoints, metrics."""

@@ -1,0 +1,155 @@
+"""Training checkpoints with megatron-core's distributed checkpointing, written atomically.
+
+Layout of `<run>/checkpoints/`:
+
+    step_000040/            one complete checkpoint (megatron-core torch_dist format)
+    step_000050.partial/    a save in progress, or one that was killed: never read
+    latest                  text file naming the newest complete checkpoint
+
+Every rank writes its shards into `step_N.partial/`; after a barrier rank 0 renames it to
+`step_N/` and then replaces `latest` (write-to-temp + os.replace), so a run killed at any moment
+leaves `latest` pointing at a complete checkpoint. The checkpoint holds the model and optimizer
+shards (re-shardable by megatron-core), each rank's RNG states, and a small common state (step,
+data-sampler position, anything the trainer adds).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint.api import CheckpointException
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from policy_split_megatron.cpu_shims import megatron_on_cpu
+from policy_split_megatron.trainer.optimizer import PolicyOptimizer
+
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, partial, or does not match the model."""
+
+
+def _step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:06d}"
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _sharded_state(model: torch.nn.Module, optimizer: PolicyOptimizer | None, with_rng: bool) -> dict:
+    rank, world = _rank()
+    model_state = model.sharded_state_dict()
+    state = {"model": model_state}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_state)
+    if with_rng:
+        # RNG streams differ per rank: one object per global rank. They are restored only when the
+        # world size is unchanged; a re-sharded resume starts fresh streams.
+        state["rng"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
+    return state
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: PolicyOptimizer | None,
+    common: dict[str, Any],
+    keep_last: int | None = None,
+) -> Path:
+    """Collective: write checkpoint `step` under `root` atomically and point `latest` at it.
+    `common` (step counters, sampler state, ...) must be identical on every rank."""
+    root = Path(root)
+    rank, _ = _rank()
+    final, partial = _step_dir(root, step), _step_dir(root, step).with_suffix(".partial")
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)  # leftovers of a killed save of the same step
+        partial.mkdir()
+    _barrier()
+    state = _sharded_state(model, optimizer, with_rng=True)
+    state["common"] = dict(common, step=step, world_size=_rank()[1])
+    with megatron_on_cpu():
+        dist_checkpointing.save(state, str(partial))
+    _barrier()
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        tmp = root / f".{LATEST}.tmp"
+        tmp.write_text(final.name + "\n")
+        os.replace(tmp, root / LATEST)
+        if keep_last:
+            complete = sorted(p for p in root.glob("step_*") if p.is_dir() and p.suffix != ".partial")
+            for old in complete[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under `root`, or None when there is none yet."""
+    pointer = Path(root) / LATEST
+    if not pointer.exists():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    if not (path / "metadata.json").exists():
+        raise CheckpointError(f"{pointer} names {path}, which is missing or incomplete; remove {pointer} to start over")
+    return path
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: PolicyOptimizer | None) -> dict[str, Any]:
+    """Collective: restore model and optimizer from a checkpoint directory (any TP/PP layout it
+    was saved with) and, when the world size is unchanged, this rank's RNG; return the common
+    state given to `save_checkpoint` plus its `step`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if path.suffix == ".partial" or not (path / "metadata.json").exists():
+        raise CheckpointError(f"{path} is not a complete checkpoint (a killed save?); use `latest` in its parent")
+    try:
+        with megatron_on_cpu():
+            common = dist_checkpointing.load_common_state_dict(str(path))["common"]
+            same_world = common.get("world_size") == _rank()[1]
+            loaded = dist_checkpointing.load(_sharded_state(model, optimizer, with_rng=same_world), str(path))
+    except (Exception, CheckpointException) as err:  # mismatches surface in several forms
+        # (torch's CheckpointException derives from BaseException, hence the explicit name)
+        raise CheckpointError(f"{path} does not match this model/optimizer: {err}") from err
+    model.load_state_dict(loaded["model"])
+    if optimizer is not None:
+        optimizer.load_sharded_state_dict(loaded["optimizer"])
+    if same_world:
+        _set_rng_state(loaded["rng"])
+    common.pop("world_size", None)
+    return common
