@@ -1,0 +1,25 @@
+"""Evaluation metrics: diversity of a group of samples (distinct-n, Div-N-Gram, Div-BLEU), correctness
+(accuracy, best-of-N, pass@k, distinct correct answers), entropy in bits, and per-mode aggregation.
+Definitions: metrics/diversity.py and docs/tasks.md."""
+
+from policy_split_megatron.metrics.diversity import (
+    accuracy,
+    best_of_n,
+    bleu,
+    distinct_correct,
+    distinct_n,
+    div_bleu,
+    div_ngram,
+    diversity_by_mode,
+    entropy_bits,
+    group_metrics,
+    mean_by_mode,
+    ngrams,
+    pass_at_k,
+    tokens_of,
+)
+
+__all__ = [
+    "accuracy", "best_of_n", "bleu", "distinct_correct", "distinct_n", "div_bleu", "div_ngram",
+    "diversity_by_mode", "entropy_bits", "group_metrics", "mean_by_mode", "ngrams", "pass_at_k", "tokens_of",
+]
