@@ -7,6 +7,7 @@ One place initialises torch.distributed and megatron-core's parallel state, so t
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 
@@ -96,7 +97,9 @@ def _spawned_worker(rank, world_size, port, layout, fn, args, queue, quiet):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         init_distributed(layout, rank=rank, world_size=world_size, backend="gloo")
-        queue.put((rank, True, fn(rank, world_size, *args)))
+        # Plain pickle to bytes: torch's queue reductions would share tensors through file
+        # descriptors that die with this process before the parent reads them.
+        queue.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
     except BaseException:  # noqa: BLE001 - the traceback is the caller's error message
         queue.put((rank, False, traceback.format_exc()))
     finally:
@@ -133,7 +136,7 @@ def spawn_local(
             if not ok:
                 failure = f"rank {rank} failed:\n{payload}"
                 break  # the other ranks may be blocked in a collective: do not wait for them
-            results[rank] = payload
+            results[rank] = pickle.loads(payload)
     finally:
         for p in procs:
             p.join(timeout=5 if failure else timeout)

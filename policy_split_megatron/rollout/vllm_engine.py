@@ -26,6 +26,7 @@ from policy_split_megatron.rollout.vllm_env import (
     preserved_process_state,
     prepare_environment,
     quiet_expected_vllm_warnings,
+    refresh_shared_cpu_weights,
     trainer_world_protected,
     world_is_initialised,
 )
@@ -180,6 +181,8 @@ class VLLMRolloutEngine(RolloutEngine):
         weight_sync.py). In-process, the iterator reaches the worker as is, so buckets are pulled
         from the export while vLLM loads the previous ones."""
         self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
+        if not self._on_cuda:
+            self._llm.collective_rpc(refresh_shared_cpu_weights)
 
     # ------------------------------------------------------------------ generation
 

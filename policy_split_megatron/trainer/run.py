@@ -1,0 +1,143 @@
+"""The RL loop, one process per rank. Reads like the step it runs:
+
+    prompts -> dual-mode rollouts (colocated engine) -> rewards -> rows, old log-probs, advantages
+            -> optimizer updates -> metrics -> checkpoint; the next step syncs the new weights first
+
+`train(config)` is what `policy-split train` runs in every rank (spawned locally on CPU, or
+launched by torchrun/srun on clusters).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from tqdm import tqdm
+
+from policy_split_megatron.config import RunConfig
+from policy_split_megatron.distributed import ParallelLayout, init_distributed
+from policy_split_megatron.rollout import build_dual_mode_prompts
+from policy_split_megatron.rollout.layout import shard_bounds
+from policy_split_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from policy_split_megatron.trainer.metrics_log import MetricsLog
+from policy_split_megatron.trainer.session import Session, generate_scored
+from policy_split_megatron.trainer.step import prepare_step
+from policy_split_megatron.trainer.update import policy_update
+from policy_split_megatron.trainer.warm_start import warm_start
+
+
+class _StopRequest:
+    """SIGTERM/SIGUSR1 (Slurm's pre-timeout signal) ask for a checkpoint and a clean exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """All ranks stop at the same step if any rank got the signal."""
+        flag = torch.tensor(float(self.requested))
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+
+def _my_prompts(prompts: list, rank: int, size: int) -> list:
+    lo, hi = shard_bounds(len(prompts), size, rank)
+    return prompts[lo:hi]
+
+
+def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; return the last step's metrics."""
+    init_distributed(ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel))
+    session = Session.open(config)
+    is_main = dist.get_rank() == 0
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    temperature = config.rollout.normal.temperature
+    checkpoints = Path(config.logging.dir) / "checkpoints"
+    log = MetricsLog(config.logging.dir, enabled=is_main, tensorboard=config.logging.tensorboard)
+    stop = _StopRequest()
+
+    start_step, sampler_state = 0, None
+    latest = latest_checkpoint(checkpoints) if config.checkpoint.resume else None
+    if latest is not None:
+        common = load_checkpoint(latest, session.model, session.optimizer)
+        start_step, sampler_state = common["step"], common["sampler"]
+        session.sampler.load_state_dict(sampler_state)
+    elif config.warm_start.steps:
+        records = session.train_set.records
+        prompts, _ = build_dual_mode_prompts(session.tokenizer, [r["prompt"] for r in records], session.rollout_config)
+        by_index = {p.index: p for p in prompts}
+        kept = [i for i in range(len(records)) if i in by_index]
+        ws_optimizer = session.warm_start_optimizer()
+        losses = warm_start(
+            session.model, session.arch, ws_optimizer, [records[i] for i in kept], [by_index[i] for i in kept],
+            session.encode_response, steps=config.warm_start.steps, batch_size=config.warm_start.batch_size,
+            pad_token_id=session.pad_token_id, seed=config.train.seed + dp_rank, data_parallel_size=dp_size,
+            show_progress=show_progress and is_main,
+        )
+        log.write(0, {"warm_start/final_loss": losses[-1]}, phase="warm_start")
+
+    session.engine.sync_weights(session.model, session.arch)  # the engine starts with placeholder weights
+    generator = torch.Generator().manual_seed(config.train.seed + dist.get_rank())
+    metrics: dict[str, Any] = {}
+    bar = tqdm(range(start_step, config.train.steps), initial=start_step, total=config.train.steps,
+               desc="policy split" if config.algorithm.name == "policy_split" else config.algorithm.name,
+               unit="step", disable=not (show_progress and is_main))
+    for step in bar:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        records = session.sampler.next_batch()
+        prompts, samples, gen_metrics = generate_scored(session, records, step=step)
+        timings["time/rollout"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        prepared = prepare_step(
+            session.model, session.arch, config.algorithm, _my_prompts(prompts, dp_rank, dp_size), samples,
+            pad_token_id=session.pad_token_id, temperature=temperature,
+            token_budget=config.train.micro_batch_tokens, chunk_size=config.train.logprob_chunk_size,
+        )
+        timings["time/logprob"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        update_metrics = policy_update(
+            session.model, session.arch, session.optimizer, prepared.update, config.algorithm,
+            epochs=config.train.ppo_epochs, mini_batches=config.train.mini_batches,
+            micro_batch_tokens=config.train.micro_batch_tokens, temperature=temperature,
+            chunk_size=config.train.logprob_chunk_size, step=step, generator=generator,
+        )
+        timings["time/train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        sync = session.engine.sync_weights(session.model, session.arch)
+        timings["time/sync"] = time.perf_counter() - t0
+
+        metrics = {**prepared.metrics, **gen_metrics, **{f"train/{k}": v for k, v in update_metrics.items()},
+                   **{f"sync/{k}": v for k, v in sync.as_dict().items()}, **timings}
+        log.write(step + 1, metrics)
+        reward = metrics.get("normal/reward", float("nan"))
+        bar.set_postfix(reward=f"{reward:.3f}", he=f"{metrics.get('high_entropy/reward', float('nan')):.3f}")
+
+        done = step + 1 == config.train.steps
+        every = config.checkpoint.every_steps
+        stopping = stop.agreed()
+        if done or stopping or (every and (step + 1) % every == 0):
+            save_checkpoint(checkpoints, step + 1, session.model, session.optimizer,
+                            {"sampler": session.sampler.state_dict()}, keep_last=config.checkpoint.keep_last)
+        if stopping:
+            if is_main:
+                print(f"stopped by signal after step {step + 1}; checkpoint saved, resume with the same command")
+            break
+    log.close()
+    session.close()
+    return metrics
+

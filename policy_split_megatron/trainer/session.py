@@ -1,0 +1,130 @@
+"""Everything a rank builds before the first step, and the scored rollouts of one step.
+
+Set-up order follows the cost of a mistake: the config is already validated; the model folder,
+tokenizer and data are checked next (seconds); only then are the Megatron policy and the vLLM
+engine built (the expensive part).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from policy_split_megatron.bridge import SafetensorsSource, load_hf_weights
+from policy_split_megatron.config import RunConfig
+from policy_split_megatron.data import PromptSampler, load_prompt_dataset
+from policy_split_megatron.metrics.diversity import diversity_by_mode
+from policy_split_megatron.model import ModelArchitecture, architecture_from_hf, build_policy_model
+from policy_split_megatron.rewards import load_reward_fn
+from policy_split_megatron.rollout import (
+    RolloutConfig,
+    VLLMRolloutEngine,
+    all_gather_samples,
+    build_dual_mode_prompts,
+    resolve_pad_token_id,
+    shard_prompts,
+    skip_metrics,
+)
+from policy_split_megatron.trainer.optimizer import PolicyOptimizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def prepare_embedded_default(run_dir: Path, seed: int) -> tuple[Path, list[str], list[str]]:
+    """Write the embedded tiny model and the Countdown train/eval sets under `run_dir` (main rank;
+    idempotent). Returns (model folder, train files, eval files)."""
+    from policy_split_megatron.data import write_countdown_dataset
+    from policy_split_megatron.tasks.tiny_model import write_tiny_model
+
+    model_dir, data_dir = run_dir / "model", run_dir / "data"
+    if not (model_dir / "config.json").exists():
+        write_tiny_model(model_dir, seed=seed)
+    files = write_countdown_dataset(data_dir, seed=seed)
+    return model_dir, [str(files.train)], [str(files.eval)]
+
+
+@dataclass
+class Session:
+    config: RunConfig
+    rollout_config: RolloutConfig
+    tokenizer: Any
+    arch: ModelArchitecture
+    model: torch.nn.Module
+    optimizer: PolicyOptimizer
+    reward_fn: Any
+    train_set: Any
+    eval_files: list[str]
+    sampler: PromptSampler
+    engine: VLLMRolloutEngine
+    pad_token_id: int
+    eos_token_id: int
+
+    @classmethod
+    def open(cls, config: RunConfig) -> "Session":
+        from transformers import AutoConfig, AutoTokenizer
+
+        run_dir = Path(config.logging.dir)
+        model_dir = Path(config.model.hf_path) if config.model.hf_path else run_dir / "model"
+        train_files, eval_files = list(config.data.train_files), list(config.data.eval_files)
+        if dist.get_rank() == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not config.model.hf_path or not train_files:
+                prepare_embedded_default(run_dir, config.train.seed)
+        dist.barrier()
+        if not config.model.hf_path or not train_files:
+            train_files = train_files or [str(run_dir / "data" / "countdown_train.jsonl")]
+            eval_files = eval_files or [str(run_dir / "data" / "countdown_eval.jsonl")]
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(f"model.hf_path={model_dir} holds no config.json: point to a Hugging Face model folder")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        pad = resolve_pad_token_id(tokenizer)
+        arch = architecture_from_hf(AutoConfig.from_pretrained(model_dir))
+        train_set = load_prompt_dataset(
+            train_files, prompt_field=config.data.prompt_field, answer_field=config.data.answer_field
+        )
+        sampler = PromptSampler(train_set, config.data.prompts_per_step, seed=config.data.seed, rank=0, world_size=1)
+        reward_fn = load_reward_fn(config.data.reward)
+        rollout_config = dataclasses.replace(config.rollout, model_path=str(model_dir))
+
+        model = build_policy_model(arch, params_dtype=DTYPES[config.model.params_dtype])
+        load_hf_weights(model, arch, SafetensorsSource(model_dir))
+        optimizer = PolicyOptimizer(model, config.optimizer)
+        engine = VLLMRolloutEngine(rollout_config)
+        engine.start()
+        return cls(config, rollout_config, tokenizer, arch, model, optimizer, reward_fn, train_set, eval_files,
+                   sampler, engine, pad, tokenizer.eos_token_id)
+
+    def encode_response(self, text: str) -> list[int]:
+        """Token ids of a response text followed by EOS (for supervised targets)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) + [self.eos_token_id]
+
+    def warm_start_optimizer(self) -> PolicyOptimizer:
+        return PolicyOptimizer(self.model, dataclasses.replace(self.config.optimizer, lr=self.config.warm_start.lr))
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+
+def generate_scored(session: Session, records: list[dict], *, step: int):
+    """Render `records` in both modes, generate on this rank's replica, gather every replica's
+    samples, and score them. Returns (prompts, samples, metrics) with identical prompts and
+    samples on every rank."""
+    prompts, skipped = build_dual_mode_prompts(session.tokenizer, [r["prompt"] for r in records], session.rollout_config)
+    result = session.engine.generate(shard_prompts(prompts, session.engine.layout), step=step)
+    samples = all_gather_samples(result.samples, session.engine.layout)
+    rows = []
+    for sample in samples:
+        text = session.tokenizer.decode(sample.response_ids, skip_special_tokens=True)
+        scored = session.reward_fn(records[sample.prompt_index], text)
+        sample.reward = float(scored.reward)
+        rows.append({"prompt_id": sample.prompt_index, "mode": sample.mode, "text": text, "reward": sample.reward,
+                     "answer": scored.info.get("canonical")})
+    metrics = {f"rollout/{k}": v for k, v in skip_metrics(skipped).items()}
+    metrics.update(diversity_by_mode(rows, answer_key="answer", tokenize="chars"))
+    metrics.update(result.metrics.as_dict())  # this replica's generation counts and speed
+    return prompts, samples, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
