@@ -23,6 +23,7 @@ def quiet_third_party() -> None:
     # Inherited by spawned workers, which import megatron-core before any code of ours runs.
     os.environ.setdefault("PYTHONWARNINGS", ",".join(f"ignore:{m}:UserWarning" for m in _NOISY_WARNINGS))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine start-up chatter at every run
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for message in _NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=UserWarning)

@@ -88,7 +88,6 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         log.write(0, {"warm_start/final_loss": losses[-1]}, phase="warm_start")
 
     session.engine.sync_weights(session.model, session.arch)  # the engine starts with placeholder weights
-    generator = torch.Generator().manual_seed(config.train.seed + dist.get_rank())
     metrics: dict[str, Any] = {}
     bar = tqdm(range(start_step, config.train.steps), initial=start_step, total=config.train.steps,
                desc="policy split" if config.algorithm.name == "policy_split" else config.algorithm.name,
@@ -113,7 +112,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
             session.model, session.arch, session.optimizer, prepared.update, config.algorithm,
             epochs=config.train.ppo_epochs, mini_batches=config.train.mini_batches,
             micro_batch_tokens=config.train.micro_batch_tokens, temperature=temperature,
-            chunk_size=config.train.logprob_chunk_size, step=step, generator=generator,
+            chunk_size=config.train.logprob_chunk_size, step=step,
+            # seeded by (seed, step, rank), not carried across steps: a resumed run draws the same
+            generator=torch.Generator().manual_seed(hash((config.train.seed, step, dist.get_rank())) % 2**63),
         )
         timings["time/train"] = time.perf_counter() - t0
 
