@@ -119,6 +119,11 @@ class VLLMRolloutEngine(RolloutEngine):
         else:
             # CPU: vLLM would otherwise reserve gpu_memory_utilization of the host's RAM per engine.
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_bytes or GiB
+            # A prefill split over scheduler steps discards its sampled token and rewinds the
+            # request's seeded generator (Generator.set_offset), which CPU generators do not have:
+            # "RuntimeError: CPU Generator does not use offset" once a step's prompts exceed the
+            # token budget. Whole-prompt scheduling never rewinds.
+            kwargs["enable_chunked_prefill"] = False
         return kwargs
 
     def shutdown(self) -> None:

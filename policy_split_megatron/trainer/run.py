@@ -23,7 +23,9 @@ from policy_split_megatron.config import RunConfig
 from policy_split_megatron.distributed import ParallelLayout, init_distributed
 from policy_split_megatron.rollout import build_dual_mode_prompts
 from policy_split_megatron.rollout.layout import shard_bounds
+from policy_split_megatron.data import load_prompt_dataset
 from policy_split_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from policy_split_megatron.trainer.evaluate import evaluate, format_table
 from policy_split_megatron.trainer.metrics_log import MetricsLog
 from policy_split_megatron.trainer.session import Session, generate_scored
 from policy_split_megatron.trainer.step import prepare_step
@@ -88,6 +90,10 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         log.write(0, {"warm_start/final_loss": losses[-1]}, phase="warm_start")
 
     session.engine.sync_weights(session.model, session.arch)  # the engine starts with placeholder weights
+    eval_records = load_prompt_dataset(session.eval_files, prompt_field=config.data.prompt_field,
+                                       answer_field=config.data.answer_field).records[: config.evaluation.max_prompts]
+    if latest is None:
+        _evaluate_and_log(session, eval_records, config, log, step=0, title="before RL", show=is_main)
     metrics: dict[str, Any] = {}
     bar = tqdm(range(start_step, config.train.steps), initial=start_step, total=config.train.steps,
                desc="policy split" if config.algorithm.name == "policy_split" else config.algorithm.name,
@@ -138,7 +144,19 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
             if is_main:
                 print(f"stopped by signal after step {step + 1}; checkpoint saved, resume with the same command")
             break
+    else:
+        metrics.update(_evaluate_and_log(session, eval_records, config, log, step=config.train.steps,
+                                         title=f"after {config.train.steps} RL steps", show=is_main))
     log.close()
     session.close()
     return metrics
+
+
+def _evaluate_and_log(session, records, config: RunConfig, log: MetricsLog, *, step: int, title: str, show: bool):
+    result = evaluate(session, records, config.evaluation)
+    log.write(step, result, phase="eval")
+    if show:
+        print(f"\nheld-out evaluation {title} ({len(records)} prompts x {config.evaluation.samples_per_prompt} "
+              f"samples per mode, T={config.evaluation.temperature}):\n{format_table(result)}")
+    return {f"eval/{k}": v for k, v in result.items()}
 

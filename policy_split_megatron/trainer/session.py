@@ -89,7 +89,9 @@ class Session:
         )
         sampler = PromptSampler(train_set, config.data.prompts_per_step, seed=config.data.seed, rank=0, world_size=1)
         reward_fn = load_reward_fn(config.data.reward)
-        rollout_config = dataclasses.replace(config.rollout, model_path=str(model_dir))
+        # The engine samples from the same numbers the trainer scores: same dtype unless asked otherwise.
+        engine_dtype = config.model.params_dtype if config.rollout.dtype == "auto" else config.rollout.dtype
+        rollout_config = dataclasses.replace(config.rollout, model_path=str(model_dir), dtype=engine_dtype)
 
         model = build_policy_model(arch, params_dtype=DTYPES[config.model.params_dtype])
         load_hf_weights(model, arch, SafetensorsSource(model_dir))
