@@ -23,6 +23,7 @@ from policy_split_megatron.rollout.prompts import BadPromptError, check_prompt_l
 from policy_split_megatron.rollout.requests import build_requests, prompt_logprobs_from_output, samples_from_outputs
 from policy_split_megatron.rollout.types import DualModePrompt, GenerationMetrics, RolloutResult, SyncMetrics
 from policy_split_megatron.rollout.vllm_env import (
+    agree_on_failure,
     preserved_process_state,
     prepare_environment,
     quiet_expected_vllm_warnings,
@@ -72,6 +73,24 @@ class VLLMRolloutEngine(RolloutEngine):
             raise EngineStateError("the engine was shut down; build a new one")
         if self._llm is not None:
             return
+        try:
+            layout, eos = self._preflight()
+            error = None
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            error = exc
+        agree_on_failure(error)  # every rank raises if one failed: none is left in new_group
+        prepare_environment()
+        quiet_expected_vllm_warnings(tied_embeddings=self._tied_embeddings())
+        self._protect_world = world_is_initialised()
+        with preserved_process_state():
+            from vllm import LLM
+
+            self._llm = LLM(**self._engine_kwargs())
+        self.layout, self.eos_token_ids = layout, tuple(eos)
+        self._awake, self._weights_valid = set(ALL_TAGS), True
+
+    def _preflight(self) -> tuple[ReplicaLayout, tuple[int, ...]]:
+        """Local checks before the collective build: layout, model folder, EOS ids."""
         cfg = self.config
         layout = ReplicaLayout.current(cfg.engine_tensor_parallel)
         layout.check_device(self._on_cuda)
@@ -83,15 +102,11 @@ class VLLMRolloutEngine(RolloutEngine):
         if not eos:
             raise ValueError(f"no EOS token for the engine: {folder} names no eos_token_id in "
                              "generation_config.json or config.json; set rollout.eos_token_ids")
-        prepare_environment()
-        quiet_expected_vllm_warnings()
-        self._protect_world = world_is_initialised()
-        with preserved_process_state():
-            from vllm import LLM
+        return layout, tuple(eos)
 
-            self._llm = LLM(**self._engine_kwargs())
-        self.layout, self.eos_token_ids = layout, tuple(eos)
-        self._awake, self._weights_valid = set(ALL_TAGS), True
+    def _tied_embeddings(self) -> bool:
+        config = json.loads((Path(self.config.model_path) / "config.json").read_text())
+        return bool(config.get("tie_word_embeddings", False))
 
     def _engine_kwargs(self) -> dict:
         cfg = self.config

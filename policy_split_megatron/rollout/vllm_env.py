@@ -56,6 +56,26 @@ def prepare_environment() -> None:
         os.environ["LOCAL_RANK"] = str(local)
 
 
+def agree_on_failure(error: BaseException | None) -> None:
+    """A collective check before a collective step: raise on EVERY rank if any rank failed.
+
+    Building the engine is collective (vLLM's new_group calls); a rank that failed its local
+    checks (e.g. a model folder missing on its node) would otherwise leave the others waiting in
+    new_group until the process-group timeout."""
+    if not world_is_initialised():
+        if error is not None:
+            raise error
+        return
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=device)
+    dist.all_reduce(failed)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise RuntimeError(f"{int(failed.item())} other rank(s) failed before building their rollout engine "
+                           "(see their errors); no rank builds one")
+
+
 @contextlib.contextmanager
 def preserved_process_state() -> Iterator[None]:
     """Restore RNG states, torch's thread count and `torch.set_num_threads` after the block."""
@@ -134,23 +154,34 @@ def refresh_shared_cpu_weights(worker) -> int:
 
 
 class _DropMessages(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]):
+    def __init__(self):
         super().__init__()
-        self.prefixes = prefixes
+        self.patterns: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        message = record.getMessage()
+        return not any(p in message for p in self.patterns)
 
 
 _EXPECTED_NOISE = (
     "Chat template warmup failed",  # skip_tokenizer_init: there is no template to warm up
+    "Using None for EOS token id because tokenizer is not initialized",  # EOS goes in stop_token_ids
     "sleep mode is not supported on CPU",
+    "RotaryEmbedding: Failed to load weights",  # reload: rotary embeddings have no weights
 )
+_TIED_NOISE = ("ParallelLMHead: Failed to load weights",)  # reload: a tied lm_head gets no tensor
+_LOGGERS = ("vllm.renderers.base", "vllm.v1.worker.cpu_worker", "vllm.model_executor.model_loader.reload.layerwise")
 
 
-def quiet_expected_vllm_warnings() -> None:
-    """Drop vLLM warnings that are expected in this setting (each logs a traceback otherwise)."""
-    for name in ("vllm", "vllm.renderers.base", "vllm.v1.worker.cpu_worker"):
+def quiet_expected_vllm_warnings(tied_embeddings: bool) -> None:
+    """Drop vLLM warnings that are expected in this setting (some log a traceback, some repeat at
+    every sync or generate call). The tied lm_head's "failed to load" is dropped only for tied
+    models: for an untied model it would be a real problem."""
+    patterns = set(_EXPECTED_NOISE) | (set(_TIED_NOISE) if tied_embeddings else set())
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages(_EXPECTED_NOISE))
+        existing = [f for f in logger.filters if isinstance(f, _DropMessages)]
+        drop = existing[0] if existing else _DropMessages()
+        if not existing:
+            logger.addFilter(drop)
+        drop.patterns |= patterns

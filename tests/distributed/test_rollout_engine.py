@@ -79,7 +79,7 @@ def _run(rank, world_size, folder):
     from policy_split_megatron.bridge import SafetensorsSource, load_hf_weights
     from policy_split_megatron.model import architecture_from_hf, build_policy_model
     from policy_split_megatron.rollout import (
-        ReplicaLayout, RolloutConfig, SamplingConfig, all_gather_samples, build_dual_mode_prompts,
+        EngineStateError, ReplicaLayout, RolloutConfig, SamplingConfig, all_gather_samples, build_dual_mode_prompts,
         samples_to_tensors, shard_prompts,
     )
 
@@ -155,6 +155,23 @@ def _run(rank, world_size, folder):
             mask = batch.response_mask[rows][:, 1:]
             worst[m] = (lp[mask] - batch.engine_log_probs[rows][:, 1:][mask]).abs().max().item()
         report["gen_diff"] = worst
+
+        # Sleep/wake contract (real memory release on CUDA only; on CPU the states are tracked).
+        refused = []
+        engine.sleep(level=2)
+        for wake in (["weights"], ["kv_cache"]):
+            try:
+                engine.generate(mine, step=4)
+            except EngineStateError as err:
+                refused.append(str(err).split(":")[0])
+            engine.wake_up(tags=wake)
+        try:
+            engine.generate(mine, step=4)  # awake, but a level-2 sleep dropped the weights
+        except EngineStateError as err:
+            refused.append(str(err).split(":")[0])
+        engine.sync_weights(model, arch)
+        report["refused"] = refused
+        report["after_wake"] = len(engine.generate(mine, step=4).samples)
         dist.barrier()
     finally:
         engine.shutdown()
@@ -201,8 +218,34 @@ def test_sync_and_dual_mode_generation(folders, tp):
                 for s in mine:
                     assert (s.finish_reason == "stop") == (s.response_ids[-1] == CharTokenizer.eos_token_id)
         assert r["masks_ok"], f"{where}: padded tensors do not match the samples"
+        assert r["refused"] == ["the engine is asleep (awake", "the engine is asleep (awake",
+                                "the engine's weights were dropped by a level-2 sleep"], r["refused"]
+        assert r["after_wake"] == len(r["local"][0]) * (N_NORMAL + N_EXPLORE)
         assert r["gen_diff"][0] <= TOL and r["gen_diff"][1] <= TOL, f"{where}: {r['gen_diff']}"
     # Replicas split the prompts (2 + 1) and the gathered samples are identical on both ranks.
     assert [r["local"][0] for r in reports] == [[0, 1], [2]]
     assert [(s.response_ids, s.logprobs) for s in reports[0]["samples"]] == \
            [(s.response_ids, s.logprobs) for s in reports[1]["samples"]]
+
+
+def _start_with_folder_missing_on_rank_1(rank, world_size, folder):
+    from policy_split_megatron.rollout import RolloutConfig, VLLMRolloutEngine
+
+    path = folder if rank == 0 else folder + "-not-on-this-node"
+    engine = VLLMRolloutEngine(RolloutConfig(model_path=path, max_model_len=192,
+                                             normal={"max_tokens": 8}, explore={"max_tokens": 8}))
+    try:
+        engine.start()
+    except (RuntimeError, FileNotFoundError) as err:
+        return type(err).__name__, str(err)
+    finally:
+        engine.shutdown()
+    return None
+
+
+def test_a_rank_failing_before_the_build_fails_every_rank(folders):
+    """The build is collective: without the pre-flight agreement rank 0 would wait in vLLM's
+    new_group for rank 1 until the process-group timeout."""
+    (kind0, msg0), (kind1, msg1) = run_distributed(_start_with_folder_missing_on_rank_1, 2, folders[1], timeout=120)
+    assert kind1 == "FileNotFoundError" and "not-on-this-node" in msg1
+    assert kind0 == "RuntimeError" and "1 other rank(s) failed" in msg0
