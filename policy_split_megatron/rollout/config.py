@@ -12,11 +12,10 @@ through; here `n_explore=0` is allowed (plain GRPO samples the normal mode only)
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from policy_split_megatron.algorithms.config import config_from_dict
 from policy_split_megatron.algorithms.modes import DEFAULT_HE_SYSTEM_PROMPT, HE_PROMPT_PLACEMENTS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -202,23 +201,6 @@ class RolloutConfig:
     def max_prompt_len(self, mode: int) -> int:
         """Longest prompt of `mode` that leaves room for its max_tokens in the context."""
         return self.max_model_len - self.sampling(mode).max_tokens
-
-
-def config_from_dict(cls, data: Mapping[str, Any] | None):
-    """Build a config dataclass from nested plain dicts (e.g. YAML); unknown keys are an error."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        sub = hints[key]
-        if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):
-            value = config_from_dict(sub, value)
-        kwargs[key] = value
-    return cls(**kwargs)
 
 
 def rollout_config_from_dict(data: Mapping[str, Any] | None) -> RolloutConfig:
