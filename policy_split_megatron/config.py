@@ -169,6 +169,12 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
+        if self.rollout.normal.temperature != self.rollout.explore.temperature:
+            # Every row is scored at one temperature (both conditionings of a response share a loss).
+            raise ValueError(
+                "rollout.normal.temperature and rollout.explore.temperature must be equal "
+                f"({self.rollout.normal.temperature} vs {self.rollout.explore.temperature})"
+            )
         ps = self.algorithm.policy_split
         if self.algorithm.name == "policy_split" and (self.rollout.n_normal, self.rollout.n_explore) != (
             ps.n_normal,

@@ -129,7 +129,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         timings["time/sync"] = time.perf_counter() - t0
 
         metrics = {**prepared.metrics, **gen_metrics, **{f"train/{k}": v for k, v in update_metrics.items()},
-                   **{f"sync/{k}": v for k, v in sync.as_dict().items()}, **timings}
+                   **sync.as_dict(), **timings}
         log.write(step + 1, metrics)
         reward = metrics.get("normal/reward", float("nan"))
         bar.set_postfix(reward=f"{reward:.3f}", he=f"{metrics.get('high_entropy/reward', float('nan')):.3f}")

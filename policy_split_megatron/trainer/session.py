@@ -126,7 +126,7 @@ def generate_scored(session: Session, records: list[dict], *, step: int):
         sample.reward = float(scored.reward)
         rows.append({"prompt_id": sample.prompt_index, "mode": sample.mode, "text": text, "reward": sample.reward,
                      "answer": scored.info.get("canonical")})
-    metrics = {f"rollout/{k}": v for k, v in skip_metrics(skipped).items()}
+    metrics = dict(skip_metrics(skipped))  # keys already carry their "rollout/" prefix
     metrics.update(diversity_by_mode(rows, answer_key="answer", tokenize="chars"))
     metrics.update(result.metrics.as_dict())  # this replica's generation counts and speed
     return prompts, samples, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
