@@ -1,58 +1,108 @@
 """The `policy-split` command.
 
-Until the trainer lands, running it with no arguments performs the model check (see
-`policy_split_megatron/model/check.py`); later issues make training the default.
+    policy-split                      the embedded default pipeline (= `policy-split run`)
+    policy-split run      [--config] [overrides]   warm start -> RL -> held-out eval -> HF export -> PNG
+    policy-split train    [--config] [overrides]   the RL run alone (resumes from checkpoints/latest)
+    policy-split evaluate PATH [--config] [overrides]   both modes of a checkpoint or HF folder
+    policy-split plot     RUN_DIR                  curves.png of a run
+    policy-split check                             Megatron vs transformers parity of each model family
+
+With no `data.train_files` in the YAML file or the overrides (the embedded Countdown task), the
+embedded default (`policy_split_megatron/embedded_default.py`) is the base that the file and the
+overrides apply to; otherwise the library defaults (the paper's settings) are.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+import yaml
 
 from policy_split_megatron.console import quiet_third_party
 
 
+def _uses_embedded_task(config_path: str | None, overrides: list[str]) -> bool:
+    """True when no training data is named: the run trains on the embedded Countdown task."""
+    tree = yaml.safe_load(Path(config_path).read_text()) if config_path else {}
+    in_file = bool(((tree or {}).get("data") or {}).get("train_files"))
+    in_overrides = any(o.split("=", 1)[0].strip() == "data.train_files" for o in overrides if "=" in o)
+    return not (in_file or in_overrides)
+
+
+def load_cli_config(config_path: str | None, overrides: list[str]):
+    """The run configuration of a command: embedded default base (when no training data is named)
+    <- YAML <- overrides; validated before anything starts."""
+    from policy_split_megatron.config import load_run_config
+    from policy_split_megatron.embedded_default import embedded_default_tree
+
+    base = embedded_default_tree() if _uses_embedded_task(config_path, overrides) else None
+    return load_run_config(config_path, overrides, base=base)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with the run configuration (see policy_split_megatron/config.py)")
+    parser.add_argument("--nproc", type=int, help="local CPU processes to spawn (default: TP x PP); "
+                        "ignored under torchrun/srun")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
+    parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.steps=20 parallel.tensor_parallel=2")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="policy-split", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="policy-split", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:]))
     sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="the whole pipeline: warm start, RL, held-out evaluation, HF export, curves")
+    _add_run_arguments(run)
+    train = sub.add_parser("train", help="run (or resume) RL training")
+    _add_run_arguments(train)
+    evaluate = sub.add_parser("evaluate", help="evaluate both modes of a training checkpoint or an HF folder")
+    evaluate.add_argument("path", help="HF model folder, a checkpoint step_N directory, or a checkpoints/ root")
+    evaluate.add_argument("--output", help="JSON file for the results (default: print only)")
+    _add_run_arguments(evaluate)
     check = sub.add_parser("check", help="build each model family on Megatron (TP=1,2) and compare with transformers")
     check.add_argument("--families", nargs="+", default=["llama", "qwen2", "qwen3"])
     check.add_argument("--tp", nargs="+", type=int, default=[1, 2], help="tensor-parallel sizes to check")
-    train = sub.add_parser("train", help="run (or resume) RL training; with no config: the embedded default")
-    train.add_argument("--config", help="YAML file with the run configuration (see policy_split_megatron/config.py)")
-    train.add_argument("--nproc", type=int, help="local CPU processes to spawn (default: TP x PP); "
-                       "ignored under torchrun/srun")
-    train.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.steps=20 parallel.tensor_parallel=2")
     plot = sub.add_parser("plot", help="draw a run's training curves (both modes on one figure) to PNG")
     plot.add_argument("run_dir")
     plot.add_argument("--output", help="PNG path (default RUN_DIR/curves.png)")
     args = parser.parse_args(argv)
     quiet_third_party()
-    if args.command in (None, "check"):
+    command = args.command or "run"
+    if command == "check":
         from policy_split_megatron.model.check import run_model_check
 
-        families = getattr(args, "families", ["llama", "qwen2", "qwen3"])
-        tps = getattr(args, "tp", [1, 2])
-        return 0 if run_model_check(tuple(families), tuple(tps)) else 1
-    if args.command == "train":
-        from policy_split_megatron.config import load_run_config
-        from policy_split_megatron.trainer.launch import launch_training
-
-        config = load_run_config(args.config, args.overrides)  # validated before anything starts
-        metrics = launch_training(config, args.nproc)
-        print(
-            f"done: {config.train.steps} steps of {config.algorithm.name} in {config.logging.dir}; "
-            f"last step normal reward {metrics.get('normal/reward', float('nan')):.3f}, "
-            f"high-entropy reward {metrics.get('high_entropy/reward', float('nan')):.3f}"
-        )
-        return 0
-    if args.command == "plot":
+        return 0 if run_model_check(tuple(args.families), tuple(args.tp)) else 1
+    if command == "plot":
         from policy_split_megatron.trainer.plot import plot_run
 
         print(f"wrote {plot_run(args.run_dir, args.output)}")
         return 0
-    parser.error(f"unknown command {args.command}")
-    return 2
+
+    config = load_cli_config(getattr(args, "config", None), getattr(args, "overrides", []))
+    nproc = getattr(args, "nproc", None)
+    if getattr(args, "print_config", False):
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    if command == "evaluate":
+        from policy_split_megatron.trainer.evaluate_command import run_evaluate_command
+
+        run_evaluate_command(config, args.path, output=args.output, nproc=nproc)
+        return 0
+
+    from policy_split_megatron.trainer.launch import launch_training
+    from policy_split_megatron.trainer.summary import run_summary
+
+    metrics = launch_training(config, nproc)
+    if command == "run":
+        from policy_split_megatron.trainer.plot import plot_run
+
+        if Path(config.logging.dir, "metrics.jsonl").exists() and metrics.get("eval/normal/accuracy") is not None:
+            print(f"curves: {plot_run(config.logging.dir)}")
+    print(run_summary(config, metrics))
+    return 0
 
 
 if __name__ == "__main__":

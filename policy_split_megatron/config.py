@@ -10,7 +10,9 @@ command-line overrides (`train.steps=20`).
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from typing import Any
 import yaml
 
 from policy_split_megatron.algorithms.config import AlgorithmConfig, config_from_dict
+from policy_split_megatron.model.precision import PrecisionConfig
 from policy_split_megatron.rollout.config import RolloutConfig
+from policy_split_megatron.tasks.countdown import CountdownConfig
 from policy_split_megatron.trainer.optimizer import OptimizerConfig
 
 PARAMS_DTYPES = ("float32", "bfloat16")
@@ -36,6 +40,10 @@ class ModelConfig:
     model, written at start-up into `<logging.dir>/model`."""
     params_dtype: str = "float32"
     """Dtype of the Megatron policy's parameters: float32 or bfloat16."""
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    """Training precision: FP8 through Transformer Engine (fp8, fp8_recipe, fp8_param, first/last
+    layers in BF16, ...; model/precision.py documents each field) or none (the default: the
+    params dtype everywhere). FP8 needs a CUDA GPU and is checked against it at start-up."""
 
     def __post_init__(self) -> None:
         _require(self.params_dtype in PARAMS_DTYPES, "model.params_dtype", f"one of {PARAMS_DTYPES}", self.params_dtype)
@@ -70,15 +78,25 @@ class DataConfig:
     """Prompts per RL step over all data-parallel ranks (each gets n_normal + n_explore samples)."""
     seed: int = 0
     """Seed of the prompt order."""
+    countdown: CountdownConfig = field(default_factory=CountdownConfig)
+    """Problem family of the embedded Countdown sets (used only when `train_files` is empty);
+    fields in tasks/countdown.py."""
+    countdown_train_size: int = 2000
+    """Problems in the embedded train set."""
+    countdown_eval_size: int = 200
+    """Problems in the embedded held-out set (disjoint from train by a hash of the problem)."""
 
     def __post_init__(self) -> None:
         _require(self.prompts_per_step >= 1, "data.prompts_per_step", "an int >= 1", self.prompts_per_step)
+        for name in ("countdown_train_size", "countdown_eval_size"):
+            _require(getattr(self, name) >= 1, f"data.{name}", "an int >= 1", getattr(self, name))
 
 
 @dataclass
 class TrainConfig:
     steps: int = 30
-    """RL steps (each: rollouts -> advantages -> updates -> weight sync)."""
+    """RL steps (each: rollouts -> advantages -> updates -> weight sync). 0: warm start and
+    evaluation only (e.g. to share one warm-started model between several RL runs)."""
     ppo_epochs: int = 1
     """Passes over each step's rollouts."""
     mini_batches: int = 1
@@ -91,7 +109,8 @@ class TrainConfig:
     """Seed of initialisation, sampling seeds and Clip-Cov's random selection."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "ppo_epochs", "mini_batches", "micro_batch_tokens", "logprob_chunk_size"):
+        _require(isinstance(self.steps, int) and self.steps >= 0, "train.steps", "an int >= 0", self.steps)
+        for name in ("ppo_epochs", "mini_batches", "micro_batch_tokens", "logprob_chunk_size"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"train.{name}", "an int >= 1", value)
 
@@ -104,12 +123,25 @@ class WarmStartConfig:
     batch_size: int = 64
     """Sequences per supervised step."""
     lr: float = 3e-3
-    """Learning rate of the warm start (AdamW, same betas/decay as `optimizer`)."""
+    """Peak learning rate of the warm start (AdamW, same betas/decay/clipping as `optimizer`)."""
+    warmup_steps: int = 20
+    """Linear warm-up to `lr` over this many steps, then cosine decay to `lr * min_lr_ratio`."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine decay, as a fraction of `lr`."""
 
     def __post_init__(self) -> None:
         _require(self.steps >= 0, "warm_start.steps", "an int >= 0", self.steps)
         _require(self.batch_size >= 1, "warm_start.batch_size", "an int >= 1", self.batch_size)
         _require(self.lr > 0, "warm_start.lr", "> 0", self.lr)
+        _require(self.warmup_steps >= 0, "warm_start.warmup_steps", "an int >= 0", self.warmup_steps)
+        _require(0 <= self.min_lr_ratio <= 1, "warm_start.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of warm-start step `step` (0-based)."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        progress = min(step, self.steps) / max(1, self.steps)
+        cosine = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr * warm * cosine
 
 
 @dataclass
@@ -176,14 +208,13 @@ class RunConfig:
                 f"({self.rollout.normal.temperature} vs {self.rollout.explore.temperature})"
             )
         ps = self.algorithm.policy_split
-        if self.algorithm.name == "policy_split" and (self.rollout.n_normal, self.rollout.n_explore) != (
-            ps.n_normal,
-            ps.n_explore,
-        ):
-            raise ValueError(
-                "rollout.n_normal/n_explore must equal algorithm.policy_split.n_normal/n_explore "
-                f"({self.rollout.n_normal}/{self.rollout.n_explore} vs {ps.n_normal}/{ps.n_explore})"
-            )
+        if self.algorithm.name == "policy_split":
+            for name in MIRRORED_POLICY_SPLIT_FIELDS:
+                if getattr(self.rollout, name) != getattr(ps, name):
+                    raise ValueError(
+                        f"rollout.{name} must equal algorithm.policy_split.{name} (what is sampled is what "
+                        f"is scored): {getattr(self.rollout, name)!r} vs {getattr(ps, name)!r}; set one of them"
+                    )
         if self.algorithm.name != "policy_split" and self.rollout.n_explore:
             raise ValueError(
                 f"algorithm {self.algorithm.name} samples the normal mode only: set rollout.n_explore=0"
@@ -204,14 +235,43 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
         node[leaf] = raw  # a bare string
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """YAML file (optional) + `section.field=value` overrides -> validated RunConfig."""
+MIRRORED_POLICY_SPLIT_FIELDS = ("n_normal", "n_explore", "he_system_prompt", "he_prompt_placement")
+"""Fields that both `rollout` (what is sampled) and `algorithm.policy_split` (how it is scored)
+hold. Set in one section only, they are copied to the other; set differently in both, the run
+is refused (`RunConfig.__post_init__`)."""
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _mirror_policy_split_fields(tree: dict) -> None:
+    if tree.get("algorithm", {}).get("name", "policy_split") != "policy_split":
+        return  # other algorithms ignore the policy_split section
+    rollout = tree.setdefault("rollout", {})
+    ps = tree.setdefault("algorithm", {}).setdefault("policy_split", {})
+    for name in MIRRORED_POLICY_SPLIT_FIELDS:
+        if name in rollout and name not in ps:
+            ps[name] = rollout[name]
+        elif name in ps and name not in rollout:
+            rollout[name] = ps[name]
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None
+) -> RunConfig:
+    """`base` tree (e.g. the embedded default) <- YAML file (optional) <- `section.field=value`
+    overrides -> validated RunConfig."""
     tree: dict = yaml.safe_load(Path(path).read_text()) if path else {}
-    tree = tree or {}
+    tree = _merge(copy.deepcopy(base or {}), tree or {})
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.field=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw.strip())
+    _mirror_policy_split_fields(tree)
     tree.setdefault("rollout", {}).setdefault("model_path", tree.get("model", {}).get("hf_path") or "<set at start-up>")
     return config_from_dict(RunConfig, tree)

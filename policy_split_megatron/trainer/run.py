@@ -85,7 +85,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
             session.model, session.arch, ws_optimizer, [records[i] for i in kept], [by_index[i] for i in kept],
             session.encode_response, steps=config.warm_start.steps, batch_size=config.warm_start.batch_size,
             pad_token_id=session.pad_token_id, seed=config.train.seed + dp_rank, data_parallel_size=dp_size,
-            show_progress=show_progress and is_main,
+            lr_at=config.warm_start.lr_at, show_progress=show_progress and is_main,
         )
         log.write(0, {"warm_start/final_loss": losses[-1]}, phase="warm_start")
 

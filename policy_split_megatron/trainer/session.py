@@ -35,16 +35,17 @@ from policy_split_megatron.trainer.optimizer import PolicyOptimizer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def prepare_embedded_default(run_dir: Path, seed: int) -> tuple[Path, list[str], list[str]]:
+def prepare_embedded_default(run_dir: Path, config: RunConfig) -> tuple[Path, list[str], list[str]]:
     """Write the embedded tiny model and the Countdown train/eval sets under `run_dir` (main rank;
     idempotent). Returns (model folder, train files, eval files)."""
     from policy_split_megatron.data import write_countdown_dataset
     from policy_split_megatron.tasks.tiny_model import write_tiny_model
 
     model_dir, data_dir = run_dir / "model", run_dir / "data"
-    if not (model_dir / "config.json").exists():
-        write_tiny_model(model_dir, seed=seed)
-    files = write_countdown_dataset(data_dir, seed=seed)
+    if not config.model.hf_path and not (model_dir / "config.json").exists():
+        write_tiny_model(model_dir, seed=config.train.seed)
+    files = write_countdown_dataset(data_dir, config.data.countdown, train_size=config.data.countdown_train_size,
+                                    eval_size=config.data.countdown_eval_size, seed=config.train.seed)
     return model_dir, [str(files.train)], [str(files.eval)]
 
 
@@ -74,7 +75,7 @@ class Session:
         if dist.get_rank() == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             if not config.model.hf_path or not train_files:
-                prepare_embedded_default(run_dir, config.train.seed)
+                prepare_embedded_default(run_dir, config)
         dist.barrier()
         if not config.model.hf_path or not train_files:
             train_files = train_files or [str(run_dir / "data" / "countdown_train.jsonl")]

@@ -48,12 +48,14 @@ def warm_start(
     pad_token_id: int,
     seed: int,
     data_parallel_size: int = 1,
+    lr_at: Callable[[int], float] | None = None,
     show_progress: bool = True,
 ) -> list[float]:
     """Run `steps` supervised steps (token-mean cross-entropy on response tokens); return the
     loss of each step. `prompts[i]` is `records[i]` rendered in both modes. Each data-parallel rank
     passes its own `seed`; gradients are summed over ranks, so each rank's loss is divided by
-    `data_parallel_size`."""
+    `data_parallel_size`. `lr_at(step)` sets the learning rate of each step (a schedule); None keeps
+    the optimizer's."""
     rng = random.Random(seed)
     losses = []
     bar = tqdm(range(steps), desc="warm start", unit="step", disable=not show_progress)
@@ -74,6 +76,9 @@ def warm_start(
         logp, _ = token_logprobs(model, arch, ids)
         loss = -(logp * mask).sum() / mask.sum()
         (loss / data_parallel_size).backward()
+        if lr_at is not None:
+            for group in optimizer.optimizer.param_groups:
+                group["lr"] = lr_at(step)
         optimizer.step(step_index=step)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
