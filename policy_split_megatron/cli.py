@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         from policy_split_megatron.trainer.plot import plot_run
 
-        if Path(config.logging.dir, "metrics.jsonl").exists() and metrics.get("eval/normal/accuracy") is not None:
+        if config.train.steps > 0 and Path(config.logging.dir, "metrics.jsonl").exists():
             print(f"curves: {plot_run(config.logging.dir)}")
     print(run_summary(config, metrics))
     return 0

@@ -32,6 +32,15 @@ def plan_micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]
     return batches
 
 
+def sequence_alignment(model: torch.nn.Module) -> int:
+    """Row length multiple the model needs: Transformer Engine's FP8 GEMMs reject token counts that
+    are not multiples of 16 (32 for MXFP8); 1 otherwise."""
+    config = getattr(model, "config", None)
+    if config is None or not getattr(config, "fp8", None):
+        return 1
+    return 32 if getattr(config, "fp8_recipe", None) == "mxfp8" else 16
+
+
 def token_logprobs(
     model: torch.nn.Module,
     arch: ModelArchitecture,
@@ -42,12 +51,15 @@ def token_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[b, L] token ids (right-padded) -> ([b, L] log-probs, [b, L] entropies), fp32, aligned as
     described in the module docstring. Gradients flow when called outside no_grad."""
+    width, align = input_ids.shape[1], sequence_alignment(model)
+    if width % align:  # right padding: causal attention keeps the real positions unchanged
+        input_ids = torch.nn.functional.pad(input_ids, (0, align - width % align))
     logits = forward_logits(model, input_ids, arch)
     logp, entropy = logprobs_and_entropy(
         logits[:, :-1], input_ids[:, 1:], temperature=temperature, chunk_size=chunk_size, vocab_size=arch.vocab_size
     )
     zero = logp.new_zeros(logp.shape[0], 1)
-    return torch.cat([zero, logp], dim=1), torch.cat([zero, entropy], dim=1)
+    return torch.cat([zero, logp], dim=1)[:, :width], torch.cat([zero, entropy], dim=1)[:, :width]
 
 
 @torch.no_grad()

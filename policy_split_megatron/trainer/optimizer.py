@@ -67,7 +67,7 @@ class PolicyOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _grad_norm(self) -> float:
-        local = torch.zeros((), dtype=torch.float64)
+        local = torch.zeros((), dtype=torch.float64, device=self.params[0].device if self.params else None)
         for param in self.params:
             if param.grad is not None and param_is_not_tensor_parallel_duplicate(param):
                 local += param.grad.detach().double().pow(2).sum()

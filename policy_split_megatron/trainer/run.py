@@ -92,9 +92,10 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     session.engine.sync_weights(session.model, session.arch)  # the engine starts with placeholder weights
     eval_records = load_prompt_dataset(session.eval_files, prompt_field=config.data.prompt_field,
                                        answer_field=config.data.answer_field).records[: config.evaluation.max_prompts]
-    if latest is None:
-        _evaluate_and_log(session, eval_records, config, log, step=0, title="before RL", show=is_main)
     metrics: dict[str, Any] = {}
+    before_rl: dict[str, Any] = {}
+    if latest is None:
+        before_rl = _evaluate_and_log(session, eval_records, config, log, step=0, title="before RL", show=is_main)
     bar = tqdm(range(start_step, config.train.steps), initial=start_step, total=config.train.steps,
                desc="policy split" if config.algorithm.name == "policy_split" else config.algorithm.name,
                unit="step", disable=not (show_progress and is_main))
@@ -103,6 +104,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         records = session.sampler.next_batch()
         prompts, samples, gen_metrics = generate_scored(session, records, step=step)
+        session.engine.sleep()  # CUDA: give the KV cache (and weights) back while Megatron trains; CPU: no-op
         timings["time/rollout"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -125,7 +127,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         timings["time/train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        sync = session.engine.sync_weights(session.model, session.arch)
+        sync = session.engine.refit(session.model, session.arch)  # wake weights, sync, wake KV cache
         timings["time/sync"] = time.perf_counter() - t0
 
         metrics = {**prepared.metrics, **gen_metrics, **{f"train/{k}": v for k, v in update_metrics.items()},
@@ -145,8 +147,11 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
                 print(f"stopped by signal after step {step + 1}; checkpoint saved, resume with the same command")
             break
     else:
-        metrics.update(_evaluate_and_log(session, eval_records, config, log, step=config.train.steps,
-                                         title=f"after {config.train.steps} RL steps", show=is_main))
+        if config.train.steps == 0:  # warm start only: the evaluation before RL is the final one
+            metrics.update(before_rl)
+        else:
+            metrics.update(_evaluate_and_log(session, eval_records, config, log, step=config.train.steps,
+                                             title=f"after {config.train.steps} RL steps", show=is_main))
     log.close()
     session.close()
     return metrics

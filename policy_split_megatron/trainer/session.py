@@ -20,6 +20,7 @@ from policy_split_megatron.config import RunConfig
 from policy_split_megatron.data import PromptSampler, load_prompt_dataset
 from policy_split_megatron.metrics.diversity import diversity_by_mode
 from policy_split_megatron.model import ModelArchitecture, architecture_from_hf, build_policy_model
+from policy_split_megatron.model.precision import check_hardware_support
 from policy_split_megatron.rewards import load_reward_fn
 from policy_split_megatron.rollout import (
     RolloutConfig,
@@ -64,6 +65,7 @@ class Session:
     engine: VLLMRolloutEngine
     pad_token_id: int
     eos_token_id: int
+    model_dir: Path
 
     @classmethod
     def open(cls, config: RunConfig) -> "Session":
@@ -80,6 +82,9 @@ class Session:
         if not config.model.hf_path or not train_files:
             train_files = train_files or [str(run_dir / "data" / "countdown_train.jsonl")]
             eval_files = eval_files or [str(run_dir / "data" / "countdown_eval.jsonl")]
+        support = check_hardware_support(config.model.precision)  # FP8 on this GPU/CUDA/TE, before any work
+        if support is not None and dist.get_rank() == 0:
+            print(support.describe())
         if not (model_dir / "config.json").exists():
             raise FileNotFoundError(f"model.hf_path={model_dir} holds no config.json: point to a Hugging Face model folder")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -94,13 +99,14 @@ class Session:
         engine_dtype = config.model.params_dtype if config.rollout.dtype == "auto" else config.rollout.dtype
         rollout_config = dataclasses.replace(config.rollout, model_path=str(model_dir), dtype=engine_dtype)
 
-        model = build_policy_model(arch, params_dtype=DTYPES[config.model.params_dtype])
+        model = build_policy_model(arch, params_dtype=DTYPES[config.model.params_dtype],
+                                   precision=config.model.precision)
         load_hf_weights(model, arch, SafetensorsSource(model_dir))
         optimizer = PolicyOptimizer(model, config.optimizer)
         engine = VLLMRolloutEngine(rollout_config)
         engine.start()
         return cls(config, rollout_config, tokenizer, arch, model, optimizer, reward_fn, train_set, eval_files,
-                   sampler, engine, pad, tokenizer.eos_token_id)
+                   sampler, engine, pad, tokenizer.eos_token_id, model_dir)
 
     def encode_response(self, text: str) -> list[int]:
         """Token ids of a response text followed by EOS (for supervised targets)."""
