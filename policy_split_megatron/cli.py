@@ -5,6 +5,7 @@
     policy-split train    [--config] [overrides]   the RL run alone (resumes from checkpoints/latest)
     policy-split evaluate PATH [--config] [overrides]   both modes of a checkpoint or HF folder
     policy-split plot     RUN_DIR                  curves.png of a run
+    policy-split convert  to-hf|from-hf ...        checkpoint <-> Hugging Face folder (docs/conversion.md)
     policy-split check                             Megatron vs transformers parity of each model family
 
 With no `data.train_files` in the YAML file or the overrides (the embedded Countdown task), the
@@ -65,10 +66,25 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="build each model family on Megatron (TP=1,2) and compare with transformers")
     check.add_argument("--families", nargs="+", default=["llama", "qwen2", "qwen3"])
     check.add_argument("--tp", nargs="+", type=int, default=[1, 2], help="tensor-parallel sizes to check")
+    sub.add_parser("convert", help="training checkpoint <-> Hugging Face folder (to-hf / from-hf; see docs/conversion.md)",
+                   add_help=False)
     plot = sub.add_parser("plot", help="draw a run's training curves (both modes on one figure) to PNG")
     plot.add_argument("run_dir")
     plot.add_argument("--output", help="PNG path (default RUN_DIR/curves.png)")
-    args = parser.parse_args(argv)
+    # Overrides may follow options (`evaluate PATH --output f.json train.seed=1`): argparse leaves
+    # such trailing positionals unparsed, so collect the section.field=value ones here.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:  # its own parser: tools/convert_checkpoint.py, same arguments
+        quiet_third_party()
+        from policy_split_megatron.bridge.checkpoint_convert import main as convert_main
+
+        return convert_main(argv[1:], prog="policy-split convert")
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if "=" not in a or a.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     quiet_third_party()
     command = args.command or "run"
     if command == "check":

@@ -152,8 +152,15 @@ class CheckpointConfig:
     """Complete checkpoints to keep."""
     resume: bool = True
     """Continue from `<logging.dir>/checkpoints/latest` when it exists."""
+    export_hf: bool = True
+    """At the end of a completed run, write the policy as a Hugging Face folder to `<logging.dir>/hf`
+    (safetensors shards + index, config, tokenizer, generation config)."""
+    export_dtype: str = ""
+    """Dtype of that export: float32 or bfloat16; empty = `model.params_dtype`."""
 
     def __post_init__(self) -> None:
+        _require(self.export_dtype in ("",) + PARAMS_DTYPES, "checkpoint.export_dtype",
+                 f"empty or one of {PARAMS_DTYPES}", self.export_dtype)
         _require(self.every_steps >= 0, "checkpoint.every_steps", "an int >= 0", self.every_steps)
         _require(self.keep_last >= 1, "checkpoint.keep_last", "an int >= 1", self.keep_last)
 

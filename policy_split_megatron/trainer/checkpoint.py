@@ -3,6 +3,9 @@
 Layout of `<run>/checkpoints/`:
 
     step_000040/            one complete checkpoint (megatron-core torch_dist format)
+      hf_metadata/          config.json, tokenizer and generation config of the model, when the
+                            save was given `hf_metadata_dir`: the checkpoint describes itself, so
+                            conversion and evaluation need nothing else
     step_000050.partial/    a save in progress, or one that was killed: never read
     latest                  text file naming the newest complete checkpoint
 
@@ -11,6 +14,10 @@ Every rank writes its shards into `step_N.partial/`; after a barrier rank 0 rena
 leaves `latest` pointing at a complete checkpoint. The checkpoint holds the model and optimizer
 shards (re-shardable by megatron-core), each rank's RNG states, and a small common state (step,
 data-sampler position, anything the trainer adds).
+
+A checkpoint may hold the model alone (`save_checkpoint(..., optimizer=None, save_rng=False)`, what
+`bridge/checkpoint_convert.hf_to_checkpoint` writes): the common state records what was saved, and
+`load_checkpoint` then leaves the optimizer it is given fresh and the RNG streams untouched.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from policy_split_megatron.cpu_shims import megatron_on_cpu
 from policy_split_megatron.trainer.optimizer import PolicyOptimizer
 
 LATEST = "latest"
+HF_METADATA_DIR = "hf_metadata"
+"""Sub-folder of a checkpoint with the model's config.json, tokenizer and generation config."""
+_CONTENTS = "checkpoint_contents"  # common-state key: which parts the checkpoint holds
 
 
 class CheckpointError(RuntimeError):
@@ -88,23 +98,44 @@ def save_checkpoint(
     optimizer: PolicyOptimizer | None,
     common: dict[str, Any],
     keep_last: int | None = None,
+    *,
+    hf_metadata_dir: str | Path | None = None,
+    save_rng: bool = True,
 ) -> Path:
     """Collective: write checkpoint `step` under `root` atomically and point `latest` at it.
-    `common` (step counters, sampler state, ...) must be identical on every rank."""
+    `common` (step counters, sampler state, ...) must be identical on every rank.
+
+    `hf_metadata_dir`: an HF model folder whose config.json, tokenizer files and generation config
+    rank 0 copies into `step_N/hf_metadata/` before the checkpoint is published, so that conversion
+    (`tools/convert_checkpoint.py`) and evaluation need only the checkpoint. `optimizer=None` saves
+    the model alone; `save_rng=False` leaves the RNG streams out (a checkpoint not written by a run)."""
     root = Path(root)
     rank, _ = _rank()
+    if hf_metadata_dir is not None:  # checked before any shard is written, by rank 0, told to all
+        problem = [None]
+        if rank == 0 and not (Path(hf_metadata_dir) / "config.json").is_file():
+            problem[0] = f"hf_metadata_dir={hf_metadata_dir} holds no config.json: give the run's HF model folder"
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(problem, src=0)
+        if problem[0]:
+            raise CheckpointError(problem[0])
     final, partial = _step_dir(root, step), _step_dir(root, step).with_suffix(".partial")
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)  # leftovers of a killed save of the same step
         partial.mkdir()
     _barrier()
-    state = _sharded_state(model, optimizer, with_rng=True)
-    state["common"] = dict(common, step=step, world_size=_rank()[1])
+    state = _sharded_state(model, optimizer, with_rng=save_rng)
+    contents = {"optimizer": optimizer is not None, "rng": save_rng}
+    state["common"] = dict(common, step=step, world_size=_rank()[1], **{_CONTENTS: contents})
     with megatron_on_cpu():
         dist_checkpointing.save(state, str(partial))
     _barrier()
     if rank == 0:
+        if hf_metadata_dir is not None:
+            from policy_split_megatron.bridge.hf_folder import copy_hf_metadata
+
+            copy_hf_metadata(hf_metadata_dir, partial / HF_METADATA_DIR)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         tmp = root / f".{LATEST}.tmp"
@@ -132,7 +163,8 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: PolicyOptimizer | None) -> dict[str, Any]:
     """Collective: restore model and optimizer from a checkpoint directory (any TP/PP layout it
     was saved with) and, when the world size is unchanged, this rank's RNG; return the common
-    state given to `save_checkpoint` plus its `step`."""
+    state given to `save_checkpoint` plus its `step`. A model-only checkpoint (no optimizer state
+    saved) leaves `optimizer` as it is, fresh; one saved without RNG leaves the RNG untouched."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
@@ -141,7 +173,10 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: PolicyO
     try:
         with megatron_on_cpu():
             common = dist_checkpointing.load_common_state_dict(str(path))["common"]
-            same_world = common.get("world_size") == _rank()[1]
+            contents = common.pop(_CONTENTS, {"optimizer": True, "rng": True})  # older checkpoints: both
+            if not contents["optimizer"]:
+                optimizer = None
+            same_world = common.get("world_size") == _rank()[1] and contents["rng"]
             loaded = dist_checkpointing.load(_sharded_state(model, optimizer, with_rng=same_world), str(path))
     except (Exception, CheckpointException) as err:  # mismatches surface in several forms
         # (torch's CheckpointException derives from BaseException, hence the explicit name)

@@ -47,7 +47,7 @@ def _evaluate_rank(rank: int, world_size: int, config: RunConfig, checkpoint: st
     from policy_split_megatron.trainer.session import Session
 
     init_distributed(ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel))
-    session = Session.open(config)
+    session = Session.open(config, load_weights=checkpoint is None)
     try:
         if checkpoint is not None:
             load_checkpoint(checkpoint, session.model, None)

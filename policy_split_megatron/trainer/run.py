@@ -73,8 +73,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     latest = latest_checkpoint(checkpoints) if config.checkpoint.resume else None
     if latest is not None:
         common = load_checkpoint(latest, session.model, session.optimizer)
-        start_step, sampler_state = common["step"], common["sampler"]
-        session.sampler.load_state_dict(sampler_state)
+        start_step, sampler_state = common["step"], common.get("sampler")
+        if sampler_state is not None:  # None: a model-only checkpoint (tools/convert_checkpoint.py from-hf)
+            session.sampler.load_state_dict(sampler_state)
     elif config.warm_start.steps:
         records = session.train_set.records
         prompts, _ = build_dual_mode_prompts(session.tokenizer, [r["prompt"] for r in records], session.rollout_config)
@@ -141,7 +142,8 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         stopping = stop.agreed()
         if done or stopping or (every and (step + 1) % every == 0):
             save_checkpoint(checkpoints, step + 1, session.model, session.optimizer,
-                            {"sampler": session.sampler.state_dict()}, keep_last=config.checkpoint.keep_last)
+                            {"sampler": session.sampler.state_dict()}, keep_last=config.checkpoint.keep_last,
+                            hf_metadata_dir=session.model_dir)
         if stopping:
             if is_main:
                 print(f"stopped by signal after step {step + 1}; checkpoint saved, resume with the same command")
@@ -152,6 +154,14 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         else:
             metrics.update(_evaluate_and_log(session, eval_records, config, log, step=config.train.steps,
                                              title=f"after {config.train.steps} RL steps", show=is_main))
+        if config.checkpoint.export_hf:
+            from policy_split_megatron.bridge.hf_folder import write_hf_folder
+
+            out = write_hf_folder(session.model, session.arch, Path(config.logging.dir) / "hf",
+                                  metadata_dir=session.model_dir, dtype=config.checkpoint.export_dtype or
+                                  config.model.params_dtype, show_progress=show_progress and is_main)
+            if is_main:
+                print(f"Hugging Face export: {out}")
     log.close()
     session.close()
     return metrics

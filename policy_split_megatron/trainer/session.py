@@ -68,7 +68,9 @@ class Session:
     model_dir: Path
 
     @classmethod
-    def open(cls, config: RunConfig) -> "Session":
+    def open(cls, config: RunConfig, *, load_weights: bool = True) -> "Session":
+        """Build everything for `config`. `load_weights=False`: the model folder holds only config and
+        tokenizer (a checkpoint's hf_metadata); the caller loads the weights."""
         from transformers import AutoConfig, AutoTokenizer
 
         run_dir = Path(config.logging.dir)
@@ -101,7 +103,8 @@ class Session:
 
         model = build_policy_model(arch, params_dtype=DTYPES[config.model.params_dtype],
                                    precision=config.model.precision)
-        load_hf_weights(model, arch, SafetensorsSource(model_dir))
+        if load_weights:
+            load_hf_weights(model, arch, SafetensorsSource(model_dir))
         optimizer = PolicyOptimizer(model, config.optimizer)
         engine = VLLMRolloutEngine(rollout_config)
         engine.start()
