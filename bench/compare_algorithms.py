@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the embedded default's)")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--table-only", action="store_true", help="only tabulate the runs already finished")
     parser.add_argument("overrides", nargs="*", help="extra section.field=value for every run")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -82,12 +83,16 @@ def main() -> None:
     for seed in args.seeds:
         common = [f"train.seed={seed}", f"data.seed={seed}", *args.overrides]
         warm = out / f"warm_seed{seed}"
+        if args.table_only and not (warm / "hf" / "config.json").exists():
+            continue
         if not (warm / "hf" / "config.json").exists():
             warm.mkdir(parents=True, exist_ok=True)
             _run(["run", f"logging.dir={warm}", "train.steps=0", *common], warm / "log.txt")
         results["warm start"].append(_final_eval(warm))
         for name in args.algorithms:
             run_dir = out / f"{name.split()[0]}_seed{seed}"
+            if args.table_only and not (run_dir / "hf" / "config.json").exists():
+                continue
             if not (run_dir / "hf" / "config.json").exists():
                 run_dir.mkdir(parents=True, exist_ok=True)
                 algorithm = [a.format(steps=rl_steps) for a in ALGORITHMS[name]]
@@ -95,10 +100,10 @@ def main() -> None:
                       f"train.steps={rl_steps}", *common, *algorithm], run_dir / "log.txt")
             results[name].append(_final_eval(run_dir))
     header = "| run | " + " | ".join(title for _, title in COLUMNS) + " |"
-    lines = [f"seeds {args.seeds}; mean ± std over seeds", "", header, "|" + "---|" * (len(COLUMNS) + 1)]
+    lines = [f"seeds {args.seeds}; mean ± std over the seeds that finished (n per row)", "", header, "|" + "---|" * (len(COLUMNS) + 1)]
     for name, evals in results.items():
         cells = [_cell([e[key] for e in evals if key in e]) for key, _ in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} (n={len(evals)}) | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     print(table)
