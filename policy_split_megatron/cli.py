@@ -16,6 +16,7 @@ overrides apply to; otherwise the library defaults (the paper's settings) are.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     from policy_split_megatron.trainer.summary import run_summary
 
     metrics = launch_training(config, nproc)
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) != 0:
+        return 0  # under torchrun/srun every rank returns here; rank 0 reports
     if command == "run":
         from policy_split_megatron.trainer.plot import plot_run
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import signal
 import socket
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +47,116 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+# -- Slurm --------------------------------------------------------------------------------------
+
+SLURM_PORT_BASE = 10000
+SLURM_PORT_SPAN = 20000
+"""MASTER_PORT of a Slurm job = SLURM_PORT_BASE + job id % SLURM_PORT_SPAN (below the Linux ephemeral
+range); slurm/common.sh uses the same formula, so the batch script and the ranks agree."""
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets: "a[1-2],b" -> ["a[1-2]", "b"]."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ']' in Slurm node list {text!r}")
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unbalanced '[' in Slurm node list {text!r}")
+    parts.append(text[start:])
+    return parts
+
+
+def _expand_bracket(body: str, nodelist: str) -> list[str]:
+    values = []
+    for item in body.split(","):
+        m = _RANGE.match(item.strip())
+        if not m:
+            raise ValueError(f"bad range {item!r} in Slurm node list {nodelist!r}")
+        lo, hi = m.group(1), m.group(2)
+        if hi is None:
+            values.append(lo)
+            continue
+        if int(hi) < int(lo):
+            raise ValueError(f"descending range {item!r} in Slurm node list {nodelist!r}")
+        width = len(lo)  # zero padding follows the lower bound: node[08-10] -> node08 node09 node10
+        values.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
+    return values
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Host names of a Slurm node list in its compact form, in order, as `scontrol show hostnames`
+    prints them: "gpu[01-03,07],login1" -> gpu01 gpu02 gpu03 gpu07 login1. Several bracket groups
+    in one name expand as a product ("r[1-2]n[1-2]" -> r1n1 r1n2 r2n1 r2n2)."""
+    hosts: list[str] = []
+    for name in _split_top_level(nodelist.strip()):
+        name = name.strip()
+        if not name:
+            continue
+        expanded = [""]
+        for literal, body in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", name):
+            if not literal and not body:
+                continue
+            choices = _expand_bracket(body, nodelist) if body else [""]
+            expanded = [prefix + literal + choice for prefix in expanded for choice in choices]
+        hosts.extend(expanded)
+    if not hosts:
+        raise ValueError(f"empty Slurm node list {nodelist!r}")
+    return hosts
+
+
+def tasks_on_this_node(environ: Mapping[str, str] = os.environ) -> int | None:
+    """Processes the launcher started on this node: torchrun's LOCAL_WORLD_SIZE, or this node's entry
+    of Slurm's SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE ("4(x2),2": 4 on nodes 0-1, 2 on
+    node 2). None when neither is known."""
+    if "LOCAL_WORLD_SIZE" in environ:
+        return int(environ["LOCAL_WORLD_SIZE"])
+    spec = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE")
+    if not spec:
+        return None
+    counts: list[int] = []
+    for item in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
+        if not m:
+            raise ValueError(f"cannot read SLURM tasks per node {spec!r}")
+        counts.extend([int(m.group(1))] * int(m.group(2) or 1))
+    node = int(environ.get("SLURM_NODEID", 0))
+    return counts[node] if node < len(counts) else counts[-1]
+
+
+def in_slurm_step(environ: Mapping[str, str] = os.environ) -> bool:
+    """True in a task started by `srun` (a job step); False in a batch script or `salloc` shell."""
+    return "SLURM_STEP_ID" in environ or "SLURM_STEPID" in environ
+
+
+def slurm_rendezvous_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The torch.distributed variables a Slurm task lacks when no torchrun started it: MASTER_ADDR
+    (first host of the step's or job's node list, where task 0 runs), MASTER_PORT (from the job
+    id), LOCAL_RANK (SLURM_LOCALID), RANK (SLURM_PROCID), WORLD_SIZE (SLURM_NTASKS). Only the
+    ones missing from `environ` are returned; {} outside Slurm or under torchrun (WORLD_SIZE set)."""
+    if "WORLD_SIZE" in environ or "SLURM_NTASKS" not in environ:
+        return {}
+    derived: dict[str, str] = {}
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    if "MASTER_ADDR" not in environ and nodelist:
+        derived["MASTER_ADDR"] = expand_nodelist(nodelist)[0]
+    if "MASTER_PORT" not in environ and environ.get("SLURM_JOB_ID", "").isdigit():
+        derived["MASTER_PORT"] = str(SLURM_PORT_BASE + int(environ["SLURM_JOB_ID"]) % SLURM_PORT_SPAN)
+    for target, source in (("LOCAL_RANK", "SLURM_LOCALID"), ("RANK", "SLURM_PROCID"), ("WORLD_SIZE", "SLURM_NTASKS")):
+        if target not in environ and source in environ:
+            derived[target] = environ[source]
+    return derived
+
+
 def init_distributed(
     layout: ParallelLayout = ParallelLayout(),
     *,
@@ -55,6 +169,9 @@ def init_distributed(
     from megatron.core import parallel_state
 
     if not dist.is_initialized():
+        if rank is None and world_size is None:
+            for key, value in slurm_rendezvous_env(os.environ).items():
+                os.environ.setdefault(key, value)
         rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) if rank is None else rank
         world_size = (
             int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
@@ -65,7 +182,11 @@ def init_distributed(
         os.environ.setdefault("MASTER_PORT", "29500")
         backend = backend or default_backend()
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+            # modulo: with one GPU per task (srun --gpus-per-task=1) every task sees device 0
+            device = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+            torch.cuda.set_device(device)
+            if "LOCAL_RANK" in os.environ:
+                os.environ["LOCAL_RANK"] = str(device)  # what vLLM's external launcher reads
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     layout.data_parallel(dist.get_world_size())  # validates divisibility with a clear message
     if not parallel_state.model_parallel_is_initialized():
@@ -84,9 +205,28 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _spawned_worker(rank, world_size, port, layout, fn, args, queue, quiet):
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG), and
+    exit now if the parent is already gone. No-op off Linux."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return  # best effort: the child then merely outlives a killed parent, as before
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _spawned_worker(rank, world_size, port, layout, fn, args, queue, quiet, parent_pid=None):
     import traceback
 
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     if quiet:
         from policy_split_megatron.console import quiet_third_party
 
@@ -116,14 +256,16 @@ def spawn_local(
     Megatron's parallel state initialised to `layout`; return each rank's result (picklable), or
     raise RuntimeError carrying the first failing rank's traceback. Fresh interpreters keep
     Megatron's global parallel state from leaking between calls. `fn` must be importable
-    (module-level). `quiet` silences third-party warnings in the workers (console commands)."""
+    (module-level). `quiet` silences third-party warnings in the workers (console commands).
+    The workers die with the calling process (Linux: PR_SET_PDEATHSIG), so killing it leaves no
+    orphans behind."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_spawned_worker, args=(r, world_size, port, layout, fn, args, queue, quiet))
+        ctx.Process(target=_spawned_worker, args=(r, world_size, port, layout, fn, args, queue, quiet, os.getpid()))
         for r in range(world_size)
     ]
     for p in procs:

@@ -69,13 +69,17 @@ def run_evaluate_command(config: RunConfig, path: str, *, output: str | None = N
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, hf_path=str(hf_dir)),
                                  warm_start=dataclasses.replace(config.warm_start, steps=0))
     ckpt = str(checkpoint) if checkpoint else None
-    if "WORLD_SIZE" in os.environ or "SLURM_NTASKS" in os.environ:
-        result = _evaluate_rank(0, 1, config, ckpt)
+    from policy_split_megatron.trainer.launch import check_launch
+
+    if check_launch(config.parallel.tensor_parallel, config.parallel.pipeline_parallel) is not None:
+        result = _evaluate_rank(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))), 1, config, ckpt)
     else:
         layout = ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel)
         world = nproc or layout.tensor_parallel * layout.pipeline_parallel
         layout.data_parallel(world)
         result = spawn_local(_evaluate_rank, world, layout, config, ckpt, timeout=24 * 3600, quiet=True)[0]
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) != 0:
+        return result  # launched ranks: rank 0 reports
     ev = config.evaluation
     print(f"{path}: {int(result['prompts'])} held-out prompts x {ev.samples_per_prompt} samples per mode "
           f"(T={ev.temperature}, top-p {ev.top_p}, top-k {ev.top_k})\n{format_table(result)}")

@@ -141,9 +141,16 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         every = config.checkpoint.every_steps
         stopping = stop.agreed()
         if done or stopping or (every and (step + 1) % every == 0):
-            save_checkpoint(checkpoints, step + 1, session.model, session.optimizer,
-                            {"sampler": session.sampler.state_dict()}, keep_last=config.checkpoint.keep_last,
-                            hf_metadata_dir=session.model_dir)
+            # Signals are held while saving: the writer processes megatron-core spawns inherit the
+            # mask (a SIGUSR1 would kill them mid-write); the handler sees the signal afterwards.
+            held = {signal.SIGTERM, signal.SIGUSR1}
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
+            try:
+                save_checkpoint(checkpoints, step + 1, session.model, session.optimizer,
+                                {"sampler": session.sampler.state_dict()}, keep_last=config.checkpoint.keep_last,
+                                hf_metadata_dir=session.model_dir)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         if stopping:
             if is_main:
                 print(f"stopped by signal after step {step + 1}; checkpoint saved, resume with the same command")
