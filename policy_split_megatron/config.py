@@ -222,6 +222,18 @@ class RunConfig:
                         f"rollout.{name} must equal algorithm.policy_split.{name} (what is sampled is what "
                         f"is scored): {getattr(self.rollout, name)!r} vs {getattr(ps, name)!r}; set one of them"
                     )
+        from policy_split_megatron.algorithms import requirements
+
+        need = requirements(self.algorithm)
+        # The trainer computes old log-probs and entropies; these extra inputs are not wired yet.
+        missing = [what for flag, what in (
+            (need.ref_log_probs, "algorithm.ppo.kl_coef > 0 (reference-policy log-probs)"),
+            (need.teacher_log_probs, "algorithm.erpd.stage=2 (teacher log-probs)"),
+            (need.centering_means, "centering='global' (all-reduced covariance means); use 'micro_batch'"),
+        ) if flag]
+        if missing:
+            raise ValueError(f"the trainer does not support {', '.join(missing)} yet: the loss functions do "
+                             "(algorithms/), the trainer does not feed them these inputs")
         if self.algorithm.name != "policy_split" and self.rollout.n_explore:
             raise ValueError(
                 f"algorithm {self.algorithm.name} samples the normal mode only: set rollout.n_explore=0"

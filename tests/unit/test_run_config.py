@@ -64,11 +64,20 @@ def test_policy_split_knobs_are_mirrored_or_refused():
         ("data.countdown_eval_size=0", "data.countdown_eval_size"),
         ("data.no_such_field=1", "unknown field"),
         ("rollout.explore.temperature=0.5", "temperature must be equal"),
+        ("algorithm.ppo.kl_coef=0.1", "reference-policy log-probs"),
     ],
 )
 def test_bad_values_fail_at_load(override, message):
     with pytest.raises(ValueError, match=message):
         load_cli_config(None, [override])
+
+
+def test_inputs_the_trainer_does_not_feed_are_refused_at_start():
+    with pytest.raises(ValueError, match="teacher log-probs"):
+        load_cli_config(None, ["algorithm.name=erpd", "algorithm.erpd.stage=2", "rollout.n_explore=0"])
+    with pytest.raises(ValueError, match="all-reduced covariance means"):
+        load_cli_config(None, ["algorithm.name=kl_cov", "algorithm.kl_cov.centering=global", "rollout.n_explore=0"])
+    load_cli_config(None, ["algorithm.name=erpd", "algorithm.erpd.stage=1", "rollout.n_explore=0"])
 
 
 def test_warm_start_schedule_warms_up_then_decays():
