@@ -14,21 +14,13 @@ import torch
 
 from policy_split_megatron.model.tiny import save_random_hf_model
 from tests.helpers.distributed import run_distributed
+from tests.helpers.tokenizers import CharTokenizer
 
 TOL = 1e-3
 N_NORMAL, N_EXPLORE = 2, 3
 QUESTIONS = ["What is 2+3?", "Name a prime.", "Sort b, a, c."]
 
 
-class CharTokenizer:
-    """A tokenizer without a chat template (plain-text prompts of algorithms/modes.py)."""
-
-    chat_template = None
-    eos_token_id = 2
-    pad_token_id = 0
-
-    def encode(self, text, add_special_tokens=False):
-        return [3 + ord(c) % 200 for c in text]
 
 
 def _megatron_logprobs(model, arch, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -20,18 +20,12 @@ import pytest
 import torch
 
 from tests.gpu.gpu_helpers import fp8_unsupported_reason, run_on_gpu
+from tests.helpers.tokenizers import CharTokenizer
 
 MiB = 1 << 20
 KV_CACHE = 256 * MiB
 
 
-class CharTokenizer:
-    chat_template = None
-    eos_token_id = 2
-    pad_token_id = 0
-
-    def encode(self, text, add_special_tokens=False):
-        return [3 + ord(c) % 200 for c in text]
 
 
 @pytest.fixture(scope="module")
