@@ -222,18 +222,11 @@ class RunConfig:
                         f"rollout.{name} must equal algorithm.policy_split.{name} (what is sampled is what "
                         f"is scored): {getattr(self.rollout, name)!r} vs {getattr(ps, name)!r}; set one of them"
                     )
-        from policy_split_megatron.algorithms import requirements
-
-        need = requirements(self.algorithm)
-        # The trainer computes old log-probs and entropies; these extra inputs are not wired yet.
-        missing = [what for flag, what in (
-            (need.ref_log_probs, "algorithm.ppo.kl_coef > 0 (reference-policy log-probs)"),
-            (need.teacher_log_probs, "algorithm.erpd.stage=2 (teacher log-probs)"),
-            (need.centering_means, "centering='global' (all-reduced covariance means); use 'micro_batch'"),
-        ) if flag]
-        if missing:
-            raise ValueError(f"the trainer does not support {', '.join(missing)} yet: the loss functions do "
-                             "(algorithms/), the trainer does not feed them these inputs")
+        erpd = self.algorithm.erpd
+        if self.algorithm.name == "erpd" and erpd.stage == 2 and not erpd.teachers:
+            # The trainer scores the rollouts with these frozen models (trainer/reference.py).
+            raise ValueError("algorithm.erpd.stage=2 needs algorithm.erpd.teachers: a non-empty list of teacher "
+                             "model folders (Hugging Face folders of the policy's architecture)")
         if self.algorithm.name != "policy_split" and self.rollout.n_explore:
             raise ValueError(
                 f"algorithm {self.algorithm.name} samples the normal mode only: set rollout.n_explore=0"

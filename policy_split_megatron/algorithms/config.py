@@ -236,9 +236,18 @@ class ERPDConfig:
     distill_kl_coef: float = 0.1  # stage-2 KL(π_base || π) penalty coefficient
     distill_kl_estimator: str = "k3"  # per-token estimator of that KL
     kl_drop_bound: float | None = None  # drop the surrogate of tokens whose per-token KL exceeds this; None = off
+    # stage 2: the teachers, Hugging Face model folders of the policy's architecture (e.g. a stage-1 run's
+    # <run>/hf export); a stage-2 run needs at least one. Checkpoints: convert them first (tools/convert_checkpoint.py)
+    teachers: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _check("erpd", "stage", self.stage in (1, 2), "1 or 2", self.stage)
+        if isinstance(self.teachers, str):
+            self.teachers = [self.teachers]
+        _check("erpd", "teachers", isinstance(self.teachers, (list, tuple))
+               and all(isinstance(t, str) and t.strip() for t in self.teachers),
+               "a list of model folder paths", self.teachers)
+        self.teachers = list(self.teachers)  # non-empty for a stage-2 RUN: checked by RunConfig (the trainer's need)
         _one_of("erpd", "stage1_objective", self.stage1_objective, STAGE1_OBJECTIVES)
         eps = self.stage1_clip_eps
         _check("erpd", "stage1_clip_eps", eps is None or eps > 0, "None or > 0", eps)

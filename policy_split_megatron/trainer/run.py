@@ -19,6 +19,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from tqdm import tqdm
 
+from policy_split_megatron.algorithms import requirements
 from policy_split_megatron.config import RunConfig
 from policy_split_megatron.distributed import ParallelLayout, init_distributed
 from policy_split_megatron.rollout import build_dual_mode_prompts
@@ -27,6 +28,7 @@ from policy_split_megatron.data import load_prompt_dataset
 from policy_split_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from policy_split_megatron.trainer.evaluate import evaluate, format_table
 from policy_split_megatron.trainer.metrics_log import MetricsLog
+from policy_split_megatron.trainer.reference import load_teachers, needs_reference, prepare_reference
 from policy_split_megatron.trainer.session import Session, generate_scored
 from policy_split_megatron.trainer.step import prepare_step
 from policy_split_megatron.trainer.update import policy_update
@@ -90,6 +92,11 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         )
         log.write(0, {"warm_start/final_loss": losses[-1]}, phase="warm_start")
 
+    # Frozen scorers (trainer/reference.py): the reference is the policy at the start of RL (after the
+    # warm start), written once to <run>/reference/ and reloaded from there on resume.
+    reference = (prepare_reference(session, config, fresh=latest is None, show_progress=show_progress and is_main)
+                 if needs_reference(config.algorithm) else None)
+    teachers = load_teachers(session, config) if requirements(config.algorithm).teacher_log_probs else []
     session.engine.sync_weights(session.model, session.arch)  # the engine starts with placeholder weights
     eval_records = load_prompt_dataset(session.eval_files, prompt_field=config.data.prompt_field,
                                        answer_field=config.data.answer_field).records[: config.evaluation.max_prompts]
@@ -113,6 +120,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
             session.model, session.arch, config.algorithm, _my_prompts(prompts, dp_rank, dp_size), samples,
             pad_token_id=session.pad_token_id, temperature=temperature,
             token_budget=config.train.micro_batch_tokens, chunk_size=config.train.logprob_chunk_size,
+            reference=reference, teachers=teachers,
         )
         timings["time/logprob"] = time.perf_counter() - t0
 

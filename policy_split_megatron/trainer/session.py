@@ -92,6 +92,10 @@ class Session:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         pad = resolve_pad_token_id(tokenizer)
         arch = architecture_from_hf(AutoConfig.from_pretrained(model_dir))
+        if config.algorithm.name == "erpd" and config.algorithm.erpd.stage == 2:
+            from policy_split_megatron.trainer.reference import check_teacher_folders
+
+            check_teacher_folders(config.algorithm.erpd.teachers, arch)  # before anything expensive
         train_set = load_prompt_dataset(
             train_files, prompt_field=config.data.prompt_field, answer_field=config.data.answer_field
         )

@@ -44,9 +44,15 @@ def prepare_step(
     temperature: float,
     token_budget: int,
     chunk_size: int,
+    reference: torch.nn.Module | None = None,
+    teachers: list[torch.nn.Module] = (),
 ) -> PreparedStep:
     """Rows, pi_old log-probs/entropies, advantages and the per-mode rollout metrics of this
-    data-parallel rank's prompts (whole groups: every sample of a prompt is here)."""
+    data-parallel rank's prompts (whole groups: every sample of a prompt is here).
+
+    `reference` (frozen, trainer/reference.py): its log-probs become `UpdateBatch.ref_log_probs` when
+    the reference KL is on; for ERPD stage 2 it is the base and its log-probs ARE pi_old (never
+    re-anchored to the current policy). `teachers`: ERPD stage 2's frozen teachers."""
     local = {p.index: i for i, p in enumerate(prompts)}
     samples = [
         Sample(**{**s.__dict__, "prompt_index": local[s.prompt_index]}) for s in samples if s.prompt_index in local
@@ -59,10 +65,32 @@ def prepare_step(
         model, arch, rows.input_ids, lengths, token_budget=token_budget, temperature=temperature, chunk_size=chunk_size
     )
     metrics = rollout_metrics(rows, old_logp, old_entropy)
+    need = requirements(cfg)
+    stage2 = cfg.name == "erpd" and cfg.erpd.stage == 2
     if cfg.name != "policy_split":
         keep = torch.nonzero(rows.conditioning_mode == NORMAL).squeeze(-1)
         rows, old_logp, old_entropy, lengths = rows.select(keep), old_logp[keep], old_entropy[keep], lengths[keep]
-    need = requirements(cfg)
+
+    def score(frozen: torch.nn.Module) -> torch.Tensor:  # same micro-batching as the old log-probs
+        return batched_token_logprobs(frozen, arch, rows.input_ids, lengths, token_budget=token_budget,
+                                      temperature=temperature, chunk_size=chunk_size)[0]
+
+    ref_logp = None
+    if need.ref_log_probs or stage2:
+        if reference is None:
+            raise ValueError(f"algorithm {cfg.name!r} needs the reference policy: pass prepare_step(reference=...)")
+        ref_logp = score(reference)
+        metrics["reference/kl_k1_old"] = _masked_mean(old_logp - ref_logp, rows.response_mask)
+    teacher_logp = None
+    if need.teacher_log_probs:
+        if not teachers:
+            raise ValueError("ERPD stage 2 needs at least one teacher: pass prepare_step(teachers=[...])")
+        teacher_logp = [score(t) for t in teachers]
+        for i, t in enumerate(teacher_logp):
+            metrics[f"erpd/teacher{i}_abs_log_ratio_to_policy"] = _masked_mean((t - old_logp).abs(), rows.response_mask)
+            metrics[f"erpd/teacher{i}_abs_log_ratio_to_base"] = _masked_mean((t - ref_logp).abs(), rows.response_mask)
+    if stage2:
+        old_logp = ref_logp  # stage 2's pi_old is the frozen base (registry.MicroBatch), not the current policy
     adv = compute_advantages(
         cfg,
         RolloutBatch(
@@ -74,6 +102,7 @@ def prepare_step(
             conditioning_mode=rows.conditioning_mode if need.quarters else None,
             source_mode=rows.source_mode if need.quarters else None,
             partner_index=rows.partner_index if need.quarters else None,
+            teacher_log_probs=teacher_logp,
         ),
     )
     metrics.update({f"advantage/{k}": float(v) for k, v in adv.metrics.items() if torch.as_tensor(v).numel() == 1})
@@ -84,6 +113,7 @@ def prepare_step(
         advantages=adv.advantages,
         response_mask=adv.response_mask,
         gradient_mask=adv.gradient_mask,
+        ref_log_probs=ref_logp if need.ref_log_probs else None,
     )
     return PreparedStep(update, metrics)
 

@@ -64,7 +64,7 @@ def test_policy_split_knobs_are_mirrored_or_refused():
         ("data.countdown_eval_size=0", "data.countdown_eval_size"),
         ("data.no_such_field=1", "unknown field"),
         ("rollout.explore.temperature=0.5", "temperature must be equal"),
-        ("algorithm.ppo.kl_coef=0.1", "reference-policy log-probs"),
+        ("algorithm.erpd.teachers=[1]", "erpd.teachers must be a list of model folder paths"),
     ],
 )
 def test_bad_values_fail_at_load(override, message):
@@ -72,11 +72,15 @@ def test_bad_values_fail_at_load(override, message):
         load_cli_config(None, [override])
 
 
-def test_inputs_the_trainer_does_not_feed_are_refused_at_start():
-    with pytest.raises(ValueError, match="teacher log-probs"):
+def test_inputs_the_trainer_feeds_are_accepted_and_stage_2_needs_teachers():
+    with pytest.raises(ValueError, match="erpd.stage=2 needs algorithm.erpd.teachers"):
         load_cli_config(None, ["algorithm.name=erpd", "algorithm.erpd.stage=2", "rollout.n_explore=0"])
-    with pytest.raises(ValueError, match="all-reduced covariance means"):
-        load_cli_config(None, ["algorithm.name=kl_cov", "algorithm.kl_cov.centering=global", "rollout.n_explore=0"])
+    cfg = load_cli_config(None, ["algorithm.name=erpd", "algorithm.erpd.stage=2", "rollout.n_explore=0",
+                                 "algorithm.erpd.teachers=['/a', '/b']"])
+    assert cfg.algorithm.erpd.teachers == ["/a", "/b"]
+    load_cli_config(None, ["algorithm.name=kl_cov", "algorithm.kl_cov.centering=global", "rollout.n_explore=0"])
+    load_cli_config(None, ["algorithm.name=clip_cov", "algorithm.clip_cov.centering=global", "rollout.n_explore=0"])
+    assert load_cli_config(None, ["algorithm.ppo.kl_coef=0.1"]).algorithm.ppo.kl_coef == 0.1
     load_cli_config(None, ["algorithm.name=erpd", "algorithm.erpd.stage=1", "rollout.n_explore=0"])
 
 
