@@ -140,9 +140,7 @@ class PrecisionConfig:
         """Token counts of an FP8 GEMM input must be multiples of this (megatron-core's
         `get_fp8_align_size`: 32 for mxfp8, 16 otherwise); 1 without FP8. Pad each micro-batch's
         sequence length to a multiple of it."""
-        if not self.enabled:
-            return 1
-        return 32 if self.fp8_recipe == "mxfp8" else 16
+        return fp8_sequence_alignment(self.fp8, self.fp8_recipe)
 
     def check_layers(self, num_layers: int, pipeline_parallel: int = 1) -> None:
         """The BF16 layer counts against the model: each at most the layers of one pipeline
@@ -160,6 +158,13 @@ class PrecisionConfig:
             raise ValueError(f"model.precision keeps {bf16} of the model's {num_layers} layers in BF16: no layer "
                              "would run in FP8; lower num_layers_at_start_in_bf16/num_layers_at_end_in_bf16 or "
                              "set fp8=None")
+
+
+def fp8_sequence_alignment(fp8: str | None, fp8_recipe: str | None) -> int:
+    """megatron-core's `get_fp8_align_size`: 32 for mxfp8, 16 for other FP8 recipes, 1 without FP8."""
+    if not fp8:
+        return 1
+    return 32 if fp8_recipe == "mxfp8" else 16
 
 
 def transformer_config_kwargs(precision: PrecisionConfig | None) -> dict[str, Any]:

@@ -20,16 +20,18 @@ from policy_split_megatron.config import RunConfig
 def resolve_evaluation_source(path: str | Path, config: RunConfig) -> tuple[Path, Path | None]:
     """(HF folder with config.json + tokenizer, checkpoint directory or None). Clear errors before
     anything is built."""
-    from policy_split_megatron.trainer.checkpoint import HF_METADATA_DIR, CheckpointError, latest_checkpoint
+    from policy_split_megatron.bridge.checkpoint_convert import resolve_checkpoint
+    from policy_split_megatron.trainer.checkpoint import HF_METADATA_DIR, CheckpointError
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: give an HF model folder, a step_N checkpoint or a checkpoints/ root")
     if (path / "config.json").exists():
         return path, None
-    checkpoint = latest_checkpoint(path) if (path / "latest").exists() else path
-    if checkpoint is None or not (checkpoint / "metadata.json").exists():
-        raise CheckpointError(f"{path} is neither an HF folder (no config.json) nor a complete checkpoint (no metadata.json)")
+    try:
+        checkpoint = resolve_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} is neither an HF folder (no config.json) nor a complete checkpoint: {err}") from err
     metadata = checkpoint / HF_METADATA_DIR
     if (metadata / "config.json").exists():
         return metadata, checkpoint

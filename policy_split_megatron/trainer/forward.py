@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from policy_split_megatron.model import ModelArchitecture, forward_logits
+from policy_split_megatron.model.precision import fp8_sequence_alignment
 from policy_split_megatron.ops import logprobs_and_entropy
 
 
@@ -36,9 +37,7 @@ def sequence_alignment(model: torch.nn.Module) -> int:
     """Row length multiple the model needs: Transformer Engine's FP8 GEMMs reject token counts that
     are not multiples of 16 (32 for MXFP8); 1 otherwise."""
     config = getattr(model, "config", None)
-    if config is None or not getattr(config, "fp8", None):
-        return 1
-    return 32 if getattr(config, "fp8_recipe", None) == "mxfp8" else 16
+    return fp8_sequence_alignment(getattr(config, "fp8", None), getattr(config, "fp8_recipe", None))
 
 
 def token_logprobs(

@@ -53,3 +53,7 @@ def test_evaluate_refuses_what_is_not_a_model(tmp_path):
         main(["evaluate", str(tmp_path / "empty")])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["evaluate", str(tmp_path / "missing")])
+    partial = tmp_path / "step_000001.partial"
+    partial.mkdir()
+    with pytest.raises(Exception, match="partial checkpoint"):
+        main(["evaluate", str(partial)])

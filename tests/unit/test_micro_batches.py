@@ -19,3 +19,17 @@ def test_every_row_once_in_order():
 def test_rejects_non_positive_budget():
     with pytest.raises(ValueError, match="token_budget"):
         plan_micro_batches([1], 0)
+
+
+def test_fp8_models_pad_rows_to_the_gemm_alignment():
+    from types import SimpleNamespace
+
+    from policy_split_megatron.trainer.forward import sequence_alignment
+
+    def model(**config):
+        return SimpleNamespace(config=SimpleNamespace(**config))
+
+    assert sequence_alignment(model(fp8=None, fp8_recipe="tensorwise")) == 1
+    assert sequence_alignment(model(fp8="hybrid", fp8_recipe="tensorwise")) == 16
+    assert sequence_alignment(model(fp8="e4m3", fp8_recipe="mxfp8")) == 32
+    assert sequence_alignment(SimpleNamespace()) == 1  # no config: nothing to align
