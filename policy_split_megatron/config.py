@@ -1,7 +1,7 @@
 """The one configuration tree of a training run: `RunConfig`.
 
 Sections: model, parallel, data, rollout (rollout/config.py), algorithm (algorithms/config.py),
-optimizer (trainer/optimizer.py), train, warm_start, checkpoint, logging, evaluation. Every field
+optimizer (engine/config.py), train, warm_start, checkpoint, logging, evaluation. Every field
 is documented where it is declared and checked in `__post_init__`, so a bad value fails at
 start-up, before any model or engine is built. `load_run_config` reads YAML and applies dotted
 command-line overrides (`train.steps=20`).
@@ -23,7 +23,8 @@ from policy_split_megatron.algorithms.config import AlgorithmConfig, config_from
 from policy_split_megatron.model.precision import PrecisionConfig
 from policy_split_megatron.rollout.config import RolloutConfig
 from policy_split_megatron.tasks.countdown import CountdownConfig
-from policy_split_megatron.trainer.optimizer import OptimizerConfig
+from policy_split_megatron.engine.config import OptimizerConfig
+from policy_split_megatron.model.builder import RECOMPUTE_MODES
 
 PARAMS_DTYPES = ("float32", "bfloat16")
 
@@ -44,9 +45,14 @@ class ModelConfig:
     """Training precision: FP8 through Transformer Engine (fp8, fp8_recipe, fp8_param, first/last
     layers in BF16, ...; model/precision.py documents each field) or none (the default: the
     params dtype everywhere). FP8 needs a CUDA GPU and is checked against it at start-up."""
+    recompute: str = "none"
+    """Activation recomputation in the backward pass (megatron-core's TransformerConfig):
+    none | selective (core attention only: little compute, most of the activation memory of long
+    sequences) | full (every layer's input is kept, the layer is recomputed)."""
 
     def __post_init__(self) -> None:
         _require(self.params_dtype in PARAMS_DTYPES, "model.params_dtype", f"one of {PARAMS_DTYPES}", self.params_dtype)
+        _require(self.recompute in RECOMPUTE_MODES, "model.recompute", f"one of {RECOMPUTE_MODES}", self.recompute)
 
 
 @dataclass
@@ -54,7 +60,8 @@ class ParallelConfig:
     tensor_parallel: int = 1
     """Megatron tensor-parallel size; must divide the attention and KV head counts."""
     pipeline_parallel: int = 1
-    """Megatron pipeline-parallel size (runs with megatron-core's schedule on GPU only)."""
+    """Megatron pipeline-parallel size: layers split over stages, every forward/backward through
+    megatron-core's 1F1B schedule. Must divide the layer count."""
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel", "pipeline_parallel"):
@@ -100,9 +107,12 @@ class TrainConfig:
     ppo_epochs: int = 1
     """Passes over each step's rollouts."""
     mini_batches: int = 1
-    """Optimizer steps per epoch; the step's rows are split into this many mini-batches."""
+    """Optimizer steps per epoch; the step's prompts (with all their rows) are split into this many
+    contiguous mini-batches, the same split at any data-parallel size."""
     micro_batch_tokens: int = 4096
-    """Padded tokens per micro-batch (rows x longest row) for forward/backward; bounds activation memory."""
+    """Tokens per packed micro-batch (rows concatenated, no padding but the FP8 alignment) for
+    forward/backward and log-prob passes; bounds activation and logits memory. A longer row forms a
+    micro-batch of its own."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk inside the vocab-parallel log-prob op."""
     seed: int = 0
@@ -123,9 +133,11 @@ class WarmStartConfig:
     batch_size: int = 64
     """Sequences per supervised step."""
     lr: float = 3e-3
-    """Peak learning rate of the warm start (AdamW, same betas/decay/clipping as `optimizer`)."""
+    """Peak learning rate of the warm start (its own megatron-core optimizer, with the betas,
+    weight decay, clipping and distributed-optimizer settings of `optimizer`)."""
     warmup_steps: int = 20
-    """Linear warm-up to `lr` over this many steps, then cosine decay to `lr * min_lr_ratio`."""
+    """Linear warm-up from 0 to `lr` over this many steps (megatron-core's scheduler: the first
+    step runs at lr 0), then cosine decay to `lr * min_lr_ratio` at the last step."""
     min_lr_ratio: float = 0.1
     """Final learning rate of the cosine decay, as a fraction of `lr`."""
 
@@ -135,13 +147,6 @@ class WarmStartConfig:
         _require(self.lr > 0, "warm_start.lr", "> 0", self.lr)
         _require(self.warmup_steps >= 0, "warm_start.warmup_steps", "an int >= 0", self.warmup_steps)
         _require(0 <= self.min_lr_ratio <= 1, "warm_start.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of warm-start step `step` (0-based)."""
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        progress = min(step, self.steps) / max(1, self.steps)
-        cosine = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return self.lr * warm * cosine
 
 
 @dataclass
@@ -227,6 +232,9 @@ class RunConfig:
             # The trainer scores the rollouts with these frozen models (trainer/reference.py).
             raise ValueError("algorithm.erpd.stage=2 needs algorithm.erpd.teachers: a non-empty list of teacher "
                              "model folders (Hugging Face folders of the policy's architecture)")
+        if self.train.mini_batches > self.data.prompts_per_step:
+            raise ValueError(f"train.mini_batches={self.train.mini_batches} exceeds data.prompts_per_step="
+                             f"{self.data.prompts_per_step}: mini-batches are cut by prompt, so some would be empty")
         if self.algorithm.name != "policy_split" and self.rollout.n_explore:
             raise ValueError(
                 f"algorithm {self.algorithm.name} samples the normal mode only: set rollout.n_explore=0"

@@ -1,15 +1,24 @@
-"""Scoped stand-ins for the `torch.cuda` calls that megatron-core makes unconditionally, so that the
-same megatron-core code paths (model construction, distributed checkpointing) run on CPU machines.
+"""The one scoped device shim that lets megatron-core's own engine run on CPU machines.
 
-Each shim is a context manager, entered only when CUDA is unavailable (`on_cpu_only`), and
-restores the real functions on exit. On GPUs nothing is patched.
+megatron-core 0.16.1 hard-codes CUDA in places that have nothing to do with the maths: its
+pipeline schedules allocate a token counter with `device="cuda"`, the optimizer and grad-norm code
+allocate flags and scalars there, DDP allocates its gradient buffers on
+`torch.cuda.current_device()`, the distributed optimizer refuses parameters whose `Tensor.type()`
+string is not a CUDA one, and the checkpoint writer calls `.cuda()` and `torch.cuda.synchronize()`.
+Inside `megatron_on_cpu()` on a machine without CUDA:
 
-- `Tensor.cuda()` -> identity: with tied embeddings split over pipeline stages, the model's
-  constructor moves the shared weight to CUDA before the all-reduce that copies the first stage's
-  embedding to the last stage.
-- `torch.cuda.synchronize()` -> no-op and `torch.cuda.current_device()` -> "cpu": the
-  distributed-checkpoint writer synchronises after its (here CPU-to-CPU) copies and allocates a
-  small all-reduce flag on the current CUDA device.
+- a `TorchFunctionMode` rewrites every `device=` argument (and the positional device of
+  `Tensor.to`) that names CUDA (`"cuda"`, `"cuda:N"`, an int, a CUDA `torch.device`) to the CPU;
+- the same mode makes `Tensor.type()` (no arguments) answer `torch.cuda.<Dtype>Tensor` for CPU
+  tensors, which is the distributed optimizer's only test of a parameter's device;
+- `Tensor.cuda()` is the identity; `torch.cuda.current_device()` returns "cpu";
+  `torch.cuda.synchronize()` does nothing.
+
+So the CPU tests exercise the same DDP, distributed optimizer, pipeline schedules and checkpoint
+code that run on GPU clusters (verified: DP=2 and TP=2 x DP=2 match a plain AdamW reference, PP=2
+is bit-exact; /work/shared/notes/megatron_engine_on_cpu.md). Streams and events are never
+touched: megatron-core uses them only with overlapped communication, which stays off on CPU.
+With CUDA present, nothing is patched and the context is free.
 """
 
 from __future__ import annotations
@@ -18,6 +27,42 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
+
+_CUDA_TYPE_NAMES = {
+    torch.float32: "torch.cuda.FloatTensor",
+    torch.float16: "torch.cuda.HalfTensor",
+    torch.bfloat16: "torch.cuda.BFloat16Tensor",
+    torch.float64: "torch.cuda.DoubleTensor",
+    torch.int64: "torch.cuda.LongTensor",
+    torch.int32: "torch.cuda.IntTensor",
+    torch.uint8: "torch.cuda.ByteTensor",
+    torch.bool: "torch.cuda.BoolTensor",
+}
+
+
+def _names_cuda(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.split(":")[0] == "cuda"
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+class _CudaArgumentsToCPU(TorchFunctionMode):
+    """Rewrites CUDA device arguments to the CPU; reports CUDA type names for CPU tensors."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            tensor = args[0]
+            if tensor.device.type == "cpu" and tensor.dtype in _CUDA_TYPE_NAMES:
+                return _CUDA_TYPE_NAMES[tensor.dtype]
+        if "device" in kwargs and _names_cuda(kwargs["device"]):
+            kwargs = dict(kwargs, device="cpu")
+        if func is torch.Tensor.to and len(args) > 1 and _names_cuda(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -32,12 +77,22 @@ def _patched(owner, name: str, replacement) -> Iterator[None]:
 
 @contextlib.contextmanager
 def megatron_on_cpu() -> Iterator[None]:
-    """All shims at once; a no-op context when CUDA is available."""
-    if torch.cuda.is_available():
+    """Enter around megatron-core engine calls (model build, DDP wrapping, optimizer build and
+    step, the forward/backward schedule, checkpoint save/load). A no-op when CUDA is available.
+    Re-entrant: nested uses add nothing."""
+    if torch.cuda.is_available() or _active[0]:
         yield
         return
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(torch.Tensor, "cuda", lambda self, *args, **kwargs: self))
-        stack.enter_context(_patched(torch.cuda, "synchronize", lambda *args, **kwargs: None))
-        stack.enter_context(_patched(torch.cuda, "current_device", lambda: "cpu"))
-        yield
+    _active[0] = True
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_patched(torch.Tensor, "cuda", lambda self, *args, **kwargs: self))
+            stack.enter_context(_patched(torch.cuda, "synchronize", lambda *args, **kwargs: None))
+            stack.enter_context(_patched(torch.cuda, "current_device", lambda: "cpu"))
+            stack.enter_context(_CudaArgumentsToCPU())
+            yield
+    finally:
+        _active[0] = False
+
+
+_active = [False]

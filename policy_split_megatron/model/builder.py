@@ -106,6 +106,22 @@ def transformer_config(
     return TransformerConfig(**kwargs)
 
 
+RECOMPUTE_MODES = ("none", "selective", "full")
+
+
+def recompute_overrides(mode: str) -> dict:
+    """TransformerConfig fields of activation recomputation `mode` (model.recompute): "selective"
+    recomputes the core attention in the backward pass (megatron-core's default selective module),
+    "full" every transformer layer (uniform, one layer per checkpoint)."""
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"model.recompute must be one of {RECOMPUTE_MODES}, got {mode!r}")
+    if mode == "selective":
+        return {"recompute_granularity": "selective"}
+    if mode == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    return {}
+
+
 def build_policy_model(
     arch: ModelArchitecture,
     *,

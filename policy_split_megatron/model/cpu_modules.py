@@ -58,8 +58,10 @@ class SDPACoreAttention(MegatronModule):
         attention_bias: torch.Tensor | None = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("packed sequences and attention bias need the TE spec")
+        if attention_bias is not None:
+            raise NotImplementedError("attention bias needs the TE spec")
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, packed_seq_params)
         seq, batch, heads, head_dim = query.shape
         # [s, b, n, d] -> [b, n, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
@@ -80,6 +82,24 @@ class SDPACoreAttention(MegatronModule):
             enable_gqa=k.shape[1] != heads,
         )
         return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)
+
+    def _packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, params) -> torch.Tensor:
+        """THD layout (megatron squeezes the batch dim): [t, heads, d] with row boundaries
+        `cu_seqlens`; causal attention within each row, never across rows. Returns [t, heads * d]."""
+        if params.qkv_format != "thd":
+            raise NotImplementedError(f"packed sequences in {params.qkv_format!r} layout need the TE spec")
+        total, heads, head_dim = query.shape
+        bounds = params.cu_seqlens_q.tolist()
+        outs = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            # [len, n, d] -> [1, n, len, d]
+            q, k, v = (t[start:end].permute(1, 0, 2).unsqueeze(0) for t in (query, key, value))
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True,
+                scale=self.softmax_scale, enable_gqa=k.shape[1] != heads,
+            )
+            outs.append(out.squeeze(0).permute(1, 0, 2))
+        return torch.cat(outs).reshape(total, heads * head_dim)
 
 
 class CPURotaryEmbedding(RotaryEmbedding):

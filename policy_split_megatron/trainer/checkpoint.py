@@ -13,7 +13,9 @@ Every rank writes its shards into `step_N.partial/`; after a barrier rank 0 rena
 `step_N/` and then replaces `latest` (write-to-temp + os.replace), so a run killed at any moment
 leaves `latest` pointing at a complete checkpoint. The checkpoint holds the model and optimizer
 shards (re-shardable by megatron-core), each rank's RNG states, and a small common state (step,
-data-sampler position, anything the trainer adds).
+data-sampler position, the LR scheduler's state, anything the trainer adds). The optimizer is
+megatron-core's (engine/optimizer_state.py: the distributed optimizer's fully reshardable format, so
+a run saved at one TP/PP/DP layout resumes at another).
 
 A checkpoint may hold the model alone (`save_checkpoint(..., optimizer=None, save_rng=False)`, what
 `bridge/checkpoint_convert.hf_to_checkpoint` writes): the common state records what was saved, and
@@ -36,7 +38,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from policy_split_megatron.cpu_shims import megatron_on_cpu
-from policy_split_megatron.trainer.optimizer import PolicyOptimizer
+from policy_split_megatron.engine.optimizer_state import load_optimizer_state, optimizer_sharded_state_dict
 
 LATEST = "latest"
 HF_METADATA_DIR = "hf_metadata"
@@ -78,12 +80,12 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _sharded_state(model: torch.nn.Module, optimizer: PolicyOptimizer | None, with_rng: bool) -> dict:
+def _sharded_state(model: torch.nn.Module, optimizer, with_rng: bool, *, is_loading: bool) -> dict:
     rank, world = _rank()
     model_state = model.sharded_state_dict()
     state = {"model": model_state}
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_state)
+        state["optimizer"] = optimizer_sharded_state_dict(optimizer, model_state, is_loading=is_loading)
     if with_rng:
         # RNG streams differ per rank: one object per global rank. They are restored only when the
         # world size is unchanged; a re-sharded resume starts fresh streams.
@@ -95,7 +97,7 @@ def save_checkpoint(
     root: str | Path,
     step: int,
     model: torch.nn.Module,
-    optimizer: PolicyOptimizer | None,
+    optimizer,
     common: dict[str, Any],
     keep_last: int | None = None,
     *,
@@ -103,6 +105,7 @@ def save_checkpoint(
     save_rng: bool = True,
 ) -> Path:
     """Collective: write checkpoint `step` under `root` atomically and point `latest` at it.
+    `model`: this rank's (unwrapped) GPTModel stage; `optimizer`: its megatron-core optimizer.
     `common` (step counters, sampler state, ...) must be identical on every rank.
 
     `hf_metadata_dir`: an HF model folder whose config.json, tokenizer files and generation config
@@ -125,7 +128,7 @@ def save_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)  # leftovers of a killed save of the same step
         partial.mkdir()
     _barrier()
-    state = _sharded_state(model, optimizer, with_rng=save_rng)
+    state = _sharded_state(model, optimizer, with_rng=save_rng, is_loading=False)
     contents = {"optimizer": optimizer is not None, "rng": save_rng}
     state["common"] = dict(common, step=step, world_size=_rank()[1], **{_CONTENTS: contents})
     with megatron_on_cpu():
@@ -160,10 +163,10 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: PolicyOptimizer | None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None) -> dict[str, Any]:
     """Collective: restore model and optimizer from a checkpoint directory (any TP/PP layout it
     was saved with) and, when the world size is unchanged, this rank's RNG; return the common
-    state given to `save_checkpoint` plus its `step`. A model-only checkpoint (no optimizer state
+    state given to `save_checkpoint` plus its `step` and `optimizer_restored`. A model-only checkpoint (no optimizer state
     saved) leaves `optimizer` as it is, fresh; one saved without RNG leaves the RNG untouched."""
     path = Path(path)
     if not path.is_dir():
@@ -177,14 +180,16 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: PolicyO
             if not contents["optimizer"]:
                 optimizer = None
             same_world = common.get("world_size") == _rank()[1] and contents["rng"]
-            loaded = dist_checkpointing.load(_sharded_state(model, optimizer, with_rng=same_world), str(path))
+            loaded = dist_checkpointing.load(_sharded_state(model, optimizer, with_rng=same_world, is_loading=True),
+                                             str(path))
     except (Exception, CheckpointException) as err:  # mismatches surface in several forms
         # (torch's CheckpointException derives from BaseException, hence the explicit name)
         raise CheckpointError(f"{path} does not match this model/optimizer: {err}") from err
     model.load_state_dict(loaded["model"])
     if optimizer is not None:
-        optimizer.load_sharded_state_dict(loaded["optimizer"])
+        load_optimizer_state(optimizer, loaded["optimizer"])
     if same_world:
         _set_rng_state(loaded["rng"])
     common.pop("world_size", None)
+    common["optimizer_restored"] = optimizer is not None
     return common

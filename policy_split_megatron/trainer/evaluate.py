@@ -19,7 +19,7 @@ import torch
 from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, MODE_NAMES, NORMAL
 from policy_split_megatron.config import EvaluationConfig
 from policy_split_megatron.metrics.diversity import entropy_bits
-from policy_split_megatron.trainer.forward import batched_token_logprobs
+from policy_split_megatron.engine import score_rows
 from policy_split_megatron.trainer.session import Session, generate_scored
 
 
@@ -59,10 +59,9 @@ def evaluate(session: Session, records: list[dict[str, Any]], cfg: EvaluationCon
             ids[r, : len(row)] = torch.tensor(row)
             mask[r, len(row) - len(s.response_ids) : len(row)] = True
         lengths = torch.tensor([len(r) for r in rows])
-        _, entropy = batched_token_logprobs(
-            session.model, session.arch, ids, lengths, token_budget=session.config.train.micro_batch_tokens,
-            temperature=cfg.temperature,
-        )
+        _, entropy = score_rows(session.policy, ids, lengths, token_budget=session.config.train.micro_batch_tokens,
+                                temperature=cfg.temperature)
+        entropy, mask = entropy.cpu(), mask
         name = MODE_NAMES[mode]
         result[f"{name}/entropy_bits"] = entropy_bits(float((entropy * mask).sum() / mask.sum()))
         result[f"{name}/response_length"] = float(sum(len(s.response_ids) for s in mine) / len(mine))

@@ -52,8 +52,8 @@ def _evaluate_rank(rank: int, world_size: int, config: RunConfig, checkpoint: st
     session = Session.open(config, load_weights=checkpoint is None)
     try:
         if checkpoint is not None:
-            load_checkpoint(checkpoint, session.model, None)
-        session.engine.sync_weights(session.model, session.arch)
+            load_checkpoint(checkpoint, session.policy.module, None)
+        session.engine.sync_weights(session.policy.module, session.arch)
         records = load_prompt_dataset(session.eval_files, prompt_field=config.data.prompt_field,
                                       answer_field=config.data.answer_field).records[: config.evaluation.max_prompts]
         result = evaluate(session, records, config.evaluation)

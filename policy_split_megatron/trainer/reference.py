@@ -9,20 +9,19 @@
 * **Teachers** (`algorithm.erpd.teachers`, ERPD stage 2): Hugging Face model folders whose architecture
   must be the policy's (`check_teacher_folders`, run at start-up before anything expensive).
 
-Both are built with `build_policy_model` (same parallel layout as the policy), loaded with
-`load_hf_weights`, put in eval mode with `requires_grad=False`, and only ever run under `no_grad`
-(`batched_token_logprobs`, the same micro-batching as the old log-probs).
+Both are frozen `PolicyEngine`s (the policy's stage and pipeline schedule, no DDP, no optimizer,
+`requires_grad=False`), loaded with `load_hf_weights` and only ever run forward-only
+(`engine.score_rows`, the same packing as the old log-probs).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from policy_split_megatron.algorithms import requirements
 from policy_split_megatron.algorithms.config import AlgorithmConfig
-from policy_split_megatron.model import ModelArchitecture, build_policy_model
+from policy_split_megatron.engine import PolicyEngine
+from policy_split_megatron.model import ModelArchitecture
 
 REFERENCE_DIR = "reference"
 
@@ -44,30 +43,28 @@ def check_teacher_folders(folders, arch: ModelArchitecture) -> None:
                              f"model folder of the policy's architecture ({err})") from None
 
 
-def load_frozen_model(folder: str | Path, arch: ModelArchitecture, *, params_dtype: torch.dtype,
-                      precision=None) -> torch.nn.Module:
-    """A Megatron model of `arch` with the weights of the HF folder `folder`, frozen."""
-    from policy_split_megatron.bridge import SafetensorsSource, load_hf_weights
+def load_frozen_model(folder: str | Path, policy: PolicyEngine) -> PolicyEngine:
+    """A frozen engine of the policy's architecture, layout, precision and scoring temperature, with
+    the weights of the HF folder `folder`."""
+    from policy_split_megatron.bridge import SafetensorsSource
 
-    model = build_policy_model(arch, params_dtype=params_dtype, precision=precision)
-    load_hf_weights(model, arch, SafetensorsSource(folder))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    return model
+    frozen = PolicyEngine(policy.arch, params_dtype=policy.params_dtype, precision=policy.precision,
+                          trainable=False, temperature=policy.temperature,
+                          logprob_chunk_size=policy.logprob_chunk_size)
+    frozen.load_hf_weights(SafetensorsSource(folder))
+    return frozen
 
 
-def prepare_reference(session, config, *, fresh: bool, show_progress: bool = False) -> torch.nn.Module:
+def prepare_reference(session, config, *, fresh: bool, show_progress: bool = False) -> PolicyEngine:
     """Collective. `fresh`: this run has just finished its warm start (or has none) and writes the
     reference from the current policy; otherwise (resume) the folder must already exist."""
     import torch.distributed as dist
 
     from policy_split_megatron.bridge.hf_folder import write_hf_folder
-    from policy_split_megatron.trainer.session import DTYPES
 
     folder = Path(config.logging.dir) / REFERENCE_DIR
     if fresh:  # a new run (no checkpoint): an older folder of a previous run in this directory is replaced
-        write_hf_folder(session.model, session.arch, folder, metadata_dir=session.model_dir,
+        write_hf_folder(session.policy.module, session.arch, folder, metadata_dir=session.model_dir,
                         dtype=config.model.params_dtype, show_progress=show_progress)
     elif not (folder / "config.json").exists():
         raise FileNotFoundError(
@@ -75,12 +72,8 @@ def prepare_reference(session, config, *, fresh: bool, show_progress: bool = Fal
             "at the start of RL, written there by the first run) is gone; restore it or start a new run")
     if dist.is_initialized():
         dist.barrier()
-    return load_frozen_model(folder, session.arch, params_dtype=DTYPES[config.model.params_dtype],
-                             precision=config.model.precision)
+    return load_frozen_model(folder, session.policy)
 
 
-def load_teachers(session, config) -> list[torch.nn.Module]:
-    from policy_split_megatron.trainer.session import DTYPES
-
-    return [load_frozen_model(t, session.arch, params_dtype=DTYPES[config.model.params_dtype],
-                              precision=config.model.precision) for t in config.algorithm.erpd.teachers]
+def load_teachers(session, config) -> list[PolicyEngine]:
+    return [load_frozen_model(t, session.policy) for t in config.algorithm.erpd.teachers]

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from policy_split_megatron.algorithms import requirements
 from policy_split_megatron.config import RunConfig
 from policy_split_megatron.distributed import ParallelLayout, init_distributed
+from policy_split_megatron.engine.collectives import agree_max
 from policy_split_megatron.rollout import build_dual_mode_prompts
 from policy_split_megatron.rollout.layout import shard_bounds
 from policy_split_megatron.data import load_prompt_dataset
@@ -48,10 +49,7 @@ class _StopRequest:
 
     def agreed(self) -> bool:
         """All ranks stop at the same step if any rank got the signal."""
-        flag = torch.tensor(float(self.requested))
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag)
+        return bool(agree_max(self.requested))
 
 
 def _my_prompts(prompts: list, rank: int, size: int) -> list:
@@ -62,11 +60,14 @@ def _my_prompts(prompts: list, rank: int, size: int) -> list:
 def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; return the last step's metrics."""
     init_distributed(ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel))
-    session = Session.open(config)
-    is_main = dist.get_rank() == 0
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
-    temperature = config.rollout.normal.temperature
+    if config.data.prompts_per_step < dp_size:
+        raise ValueError(f"data.prompts_per_step={config.data.prompts_per_step} is smaller than the data-parallel "
+                         f"size {dp_size}: some ranks would never train; raise it or use fewer processes")
+    session = Session.open(config)
+    policy = session.policy
+    is_main = dist.get_rank() == 0
     checkpoints = Path(config.logging.dir) / "checkpoints"
     log = MetricsLog(config.logging.dir, enabled=is_main, tensorboard=config.logging.tensorboard)
     stop = _StopRequest()
@@ -74,30 +75,38 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     start_step, sampler_state = 0, None
     latest = latest_checkpoint(checkpoints) if config.checkpoint.resume else None
     if latest is not None:
-        common = load_checkpoint(latest, session.model, session.optimizer)
+        session.build_rl_optimizer()
+        common = load_checkpoint(latest, policy.module, policy.optimizer)
         start_step, sampler_state = common["step"], common.get("sampler")
         if sampler_state is not None:  # None: a model-only checkpoint (tools/convert_checkpoint.py from-hf)
             session.sampler.load_state_dict(sampler_state)
-    elif config.warm_start.steps:
-        records = session.train_set.records
-        prompts, _ = build_dual_mode_prompts(session.tokenizer, [r["prompt"] for r in records], session.rollout_config)
-        by_index = {p.index: p for p in prompts}
-        kept = [i for i in range(len(records)) if i in by_index]
-        ws_optimizer = session.warm_start_optimizer()
-        losses = warm_start(
-            session.model, session.arch, ws_optimizer, [records[i] for i in kept], [by_index[i] for i in kept],
-            session.encode_response, steps=config.warm_start.steps, batch_size=config.warm_start.batch_size,
-            pad_token_id=session.pad_token_id, seed=config.train.seed + dp_rank, data_parallel_size=dp_size,
-            lr_at=config.warm_start.lr_at, show_progress=show_progress and is_main,
-        )
-        log.write(0, {"warm_start/final_loss": losses[-1]}, phase="warm_start")
+        if "scheduler" in common:
+            policy.scheduler.load_state_dict(common["scheduler"])
+        if not common["optimizer_restored"]:
+            policy.weights_changed()
+    else:
+        if config.warm_start.steps:
+            records = session.train_set.records
+            prompts, _ = build_dual_mode_prompts(session.tokenizer, [r["prompt"] for r in records],
+                                                 session.rollout_config)
+            by_index = {p.index: p for p in prompts}
+            kept = [i for i in range(len(records)) if i in by_index]
+            session.build_warm_start_optimizer()
+            losses = warm_start(
+                policy, [records[i] for i in kept], [by_index[i] for i in kept], session.encode_response,
+                steps=config.warm_start.steps, batch_size=config.warm_start.batch_size,
+                pad_token_id=session.pad_token_id, seed=config.train.seed + dp_rank,
+                token_budget=config.train.micro_batch_tokens, show_progress=show_progress and is_main,
+            )
+            log.write(0, {"warm_start/final_loss": losses[-1]}, phase="warm_start")
+        session.build_rl_optimizer()  # fresh Adam state; fp32 main params from the (warm-started) weights
 
     # Frozen scorers (trainer/reference.py): the reference is the policy at the start of RL (after the
     # warm start), written once to <run>/reference/ and reloaded from there on resume.
     reference = (prepare_reference(session, config, fresh=latest is None, show_progress=show_progress and is_main)
                  if needs_reference(config.algorithm) else None)
     teachers = load_teachers(session, config) if requirements(config.algorithm).teacher_log_probs else []
-    session.engine.sync_weights(session.model, session.arch)  # the engine starts with placeholder weights
+    session.engine.sync_weights(policy.module, session.arch)  # the engine starts with placeholder weights
     eval_records = load_prompt_dataset(session.eval_files, prompt_field=config.data.prompt_field,
                                        answer_field=config.data.answer_field).records[: config.evaluation.max_prompts]
     metrics: dict[str, Any] = {}
@@ -117,26 +126,26 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         prepared = prepare_step(
-            session.model, session.arch, config.algorithm, _my_prompts(prompts, dp_rank, dp_size), samples,
-            pad_token_id=session.pad_token_id, temperature=temperature,
-            token_budget=config.train.micro_batch_tokens, chunk_size=config.train.logprob_chunk_size,
+            policy, config.algorithm, _my_prompts(prompts, dp_rank, dp_size), samples,
+            pad_token_id=session.pad_token_id, token_budget=config.train.micro_batch_tokens,
+            num_prompts=len(records), mini_batches=config.train.mini_batches,
             reference=reference, teachers=teachers,
         )
         timings["time/logprob"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         update_metrics = policy_update(
-            session.model, session.arch, session.optimizer, prepared.update, config.algorithm,
-            epochs=config.train.ppo_epochs, mini_batches=config.train.mini_batches,
-            micro_batch_tokens=config.train.micro_batch_tokens, temperature=temperature,
-            chunk_size=config.train.logprob_chunk_size, step=step,
-            # seeded by (seed, step, rank), not carried across steps: a resumed run draws the same
-            generator=torch.Generator().manual_seed(hash((config.train.seed, step, dist.get_rank())) % 2**63),
+            policy, prepared.update, config.algorithm, epochs=config.train.ppo_epochs,
+            mini_batches=config.train.mini_batches, micro_batch_tokens=config.train.micro_batch_tokens, step=step,
+            # Clip-Cov's random token selection: seeded by (seed, step, DATA-parallel rank), so the
+            # tensor-parallel (and pipeline) peers that share one loss draw the same tokens, and not
+            # carried across steps, so a resumed run draws the same
+            generator=_selection_generator(config.train.seed, step, dp_rank, policy.device),
         )
         timings["time/train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        sync = session.engine.refit(session.model, session.arch)  # wake weights, sync, wake KV cache
+        sync = session.engine.refit(policy.module, session.arch)  # wake weights, sync, wake KV cache
         timings["time/sync"] = time.perf_counter() - t0
 
         metrics = {**prepared.metrics, **gen_metrics, **{f"train/{k}": v for k, v in update_metrics.items()},
@@ -154,9 +163,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
             held = {signal.SIGTERM, signal.SIGUSR1}
             signal.pthread_sigmask(signal.SIG_BLOCK, held)
             try:
-                save_checkpoint(checkpoints, step + 1, session.model, session.optimizer,
-                                {"sampler": session.sampler.state_dict()}, keep_last=config.checkpoint.keep_last,
-                                hf_metadata_dir=session.model_dir)
+                save_checkpoint(checkpoints, step + 1, policy.module, policy.optimizer,
+                                {"sampler": session.sampler.state_dict(), "scheduler": policy.scheduler.state_dict()},
+                                keep_last=config.checkpoint.keep_last, hf_metadata_dir=session.model_dir)
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         if stopping:
@@ -172,7 +181,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         if config.checkpoint.export_hf:
             from policy_split_megatron.bridge.hf_folder import write_hf_folder
 
-            out = write_hf_folder(session.model, session.arch, Path(config.logging.dir) / "hf",
+            out = write_hf_folder(policy.module, session.arch, Path(config.logging.dir) / "hf",
                                   metadata_dir=session.model_dir, dtype=config.checkpoint.export_dtype or
                                   config.model.params_dtype, show_progress=show_progress and is_main)
             if is_main:
@@ -180,6 +189,12 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     log.close()
     session.close()
     return metrics
+
+
+def _selection_generator(seed: int, step: int, dp_rank: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(hash((seed, step, dp_rank)) % 2**63)
+    return generator
 
 
 def _evaluate_and_log(session, records, config: RunConfig, log: MetricsLog, *, step: int, title: str, show: bool):

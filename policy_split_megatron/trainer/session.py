@@ -15,11 +15,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from policy_split_megatron.bridge import SafetensorsSource, load_hf_weights
+from policy_split_megatron.bridge import SafetensorsSource
+from policy_split_megatron.bridge.hf_folder import resolve_dtype
 from policy_split_megatron.config import RunConfig
 from policy_split_megatron.data import PromptSampler, load_prompt_dataset
 from policy_split_megatron.metrics.diversity import diversity_by_mode
-from policy_split_megatron.model import ModelArchitecture, architecture_from_hf, build_policy_model
+from policy_split_megatron.engine import PolicyEngine
+from policy_split_megatron.model import ModelArchitecture, architecture_from_hf
+from policy_split_megatron.model.builder import recompute_overrides
 from policy_split_megatron.model.precision import check_hardware_support
 from policy_split_megatron.rewards import load_reward_fn
 from policy_split_megatron.rollout import (
@@ -31,9 +34,6 @@ from policy_split_megatron.rollout import (
     shard_prompts,
     skip_metrics,
 )
-from policy_split_megatron.trainer.optimizer import PolicyOptimizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def prepare_embedded_default(run_dir: Path, config: RunConfig) -> tuple[Path, list[str], list[str]]:
@@ -56,13 +56,12 @@ class Session:
     rollout_config: RolloutConfig
     tokenizer: Any
     arch: ModelArchitecture
-    model: torch.nn.Module
-    optimizer: PolicyOptimizer
+    policy: PolicyEngine  # the Megatron policy, trained by megatron-core (engine/)
     reward_fn: Any
     train_set: Any
     eval_files: list[str]
     sampler: PromptSampler
-    engine: VLLMRolloutEngine
+    engine: VLLMRolloutEngine  # the colocated rollout engine
     pad_token_id: int
     eos_token_id: int
     model_dir: Path
@@ -105,22 +104,33 @@ class Session:
         engine_dtype = config.model.params_dtype if config.rollout.dtype == "auto" else config.rollout.dtype
         rollout_config = dataclasses.replace(config.rollout, model_path=str(model_dir), dtype=engine_dtype)
 
-        model = build_policy_model(arch, params_dtype=DTYPES[config.model.params_dtype],
-                                   precision=config.model.precision)
+        policy = PolicyEngine(arch, params_dtype=resolve_dtype(config.model.params_dtype),
+                              precision=config.model.precision, optimizer=config.optimizer,
+                              temperature=config.rollout.normal.temperature,
+                              logprob_chunk_size=config.train.logprob_chunk_size,
+                              **recompute_overrides(config.model.recompute))
         if load_weights:
-            load_hf_weights(model, arch, SafetensorsSource(model_dir))
-        optimizer = PolicyOptimizer(model, config.optimizer)
+            policy.load_hf_weights(SafetensorsSource(model_dir))
         engine = VLLMRolloutEngine(rollout_config)
         engine.start()
-        return cls(config, rollout_config, tokenizer, arch, model, optimizer, reward_fn, train_set, eval_files,
+        return cls(config, rollout_config, tokenizer, arch, policy, reward_fn, train_set, eval_files,
                    sampler, engine, pad, tokenizer.eos_token_id, model_dir)
 
     def encode_response(self, text: str) -> list[int]:
         """Token ids of a response text followed by EOS (for supervised targets)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False)) + [self.eos_token_id]
 
-    def warm_start_optimizer(self) -> PolicyOptimizer:
-        return PolicyOptimizer(self.model, dataclasses.replace(self.config.optimizer, lr=self.config.warm_start.lr))
+    def build_warm_start_optimizer(self) -> None:
+        """The warm start's own optimizer and schedule (peak warm_start.lr, linear warm-up, cosine
+        decay to lr * min_lr_ratio); the RL optimizer is built fresh after it."""
+        ws = self.config.warm_start
+        self.policy.build_optimizer(total_steps=ws.steps, lr=ws.lr, lr_warmup_steps=ws.warmup_steps,
+                                    lr_decay_style="cosine", min_lr=ws.lr * ws.min_lr_ratio)
+
+    def build_rl_optimizer(self) -> None:
+        """The RL optimizer: `optimizer.*`, decaying (if asked) over every optimizer step of the run."""
+        train = self.config.train
+        self.policy.build_optimizer(total_steps=train.steps * train.ppo_epochs * train.mini_batches)
 
     def close(self) -> None:
         self.engine.shutdown()

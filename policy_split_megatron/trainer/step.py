@@ -2,7 +2,12 @@
 
 Every algorithm goes through the same rows: `build_quarters` (Policy Split's Eq. 10 rows, built by
 concatenating token ids). Policy Split trains all four quarters; the baselines sample the normal
-mode only and train its rows under the normal conditioning (Q1).
+mode only and train its rows under the normal conditioning (Q1), and they pay only for those:
+the other rows are dropped BEFORE any log-prob pass.
+
+The rows are built on the host; per-token tensors cross to the engine's device once
+(`_on_device`) and stay there: old/reference/teacher log-probs come back from the engine on its
+device, advantages are computed there.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ from policy_split_megatron.algorithms import RolloutBatch, compute_advantages, r
 from policy_split_megatron.algorithms.config import AlgorithmConfig
 from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, MODE_NAMES, NORMAL
 from policy_split_megatron.algorithms.policy_split import QuarterBatch, build_quarters, inter_mode_kl
+from policy_split_megatron.engine import PolicyEngine, score_rows
+from policy_split_megatron.engine.collectives import dp_weighted_means
 from policy_split_megatron.metrics.diversity import entropy_bits
-from policy_split_megatron.model import ModelArchitecture
 from policy_split_megatron.rollout import DualModePrompt, Sample
-from policy_split_megatron.trainer.forward import batched_token_logprobs
-from policy_split_megatron.trainer.update import UpdateBatch
+from policy_split_megatron.trainer.update import UpdateBatch, mini_batch_of_prompts
 
 
 @dataclass
@@ -28,31 +33,44 @@ class PreparedStep:
     metrics: dict[str, float]
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(mean over the mask, number of tokens): a metric and its weight for dp_weighted_means."""
     mask = mask.float()
-    return float((values * mask).sum() / mask.sum().clamp(min=1))
+    tokens = mask.sum()
+    return float((values * mask).sum() / tokens.clamp(min=1)), float(tokens)
+
+
+def _on_device(rows: QuarterBatch, device: torch.device) -> QuarterBatch:
+    """The per-row and per-token tensors the advantages and losses use, on `device`."""
+    moved = {f: getattr(rows, f).to(device) for f in ("response_mask", "conditioning_mode", "source_mode",
+                                                      "group_ids", "partner_index", "prompt_lengths",
+                                                      "response_lengths")}
+    if rows.rewards is not None:
+        moved["rewards"] = rows.rewards.to(device)
+    return QuarterBatch(**{**rows.__dict__, **moved})
 
 
 def prepare_step(
-    model: torch.nn.Module,
-    arch: ModelArchitecture,
+    engine: PolicyEngine,
     cfg: AlgorithmConfig,
     prompts: list[DualModePrompt],
     samples: list[Sample],
     *,
     pad_token_id: int,
-    temperature: float,
     token_budget: int,
-    chunk_size: int,
-    reference: torch.nn.Module | None = None,
-    teachers: list[torch.nn.Module] = (),
+    num_prompts: int,
+    mini_batches: int = 1,
+    reference: PolicyEngine | None = None,
+    teachers: list[PolicyEngine] = (),
 ) -> PreparedStep:
     """Rows, pi_old log-probs/entropies, advantages and the per-mode rollout metrics of this
     data-parallel rank's prompts (whole groups: every sample of a prompt is here).
 
-    `reference` (frozen, trainer/reference.py): its log-probs become `UpdateBatch.ref_log_probs` when
-    the reference KL is on; for ERPD stage 2 it is the base and its log-probs ARE pi_old (never
-    re-anchored to the current policy). `teachers`: ERPD stage 2's frozen teachers."""
+    `num_prompts`: prompts of the whole step (DualModePrompt.index is in [0, num_prompts)), which
+    places each row in its mini-batch. `reference` (frozen, trainer/reference.py): its log-probs
+    become `UpdateBatch.ref_log_probs` when the reference KL is on; for ERPD stage 2 it is the base
+    and its log-probs ARE pi_old (never re-anchored to the current policy). `teachers`: ERPD stage
+    2's frozen teachers."""
     local = {p.index: i for i, p in enumerate(prompts)}
     samples = [
         Sample(**{**s.__dict__, "prompt_index": local[s.prompt_index]}) for s in samples if s.prompt_index in local
@@ -60,32 +78,30 @@ def prepare_step(
     rows = build_quarters(
         [p.normal_ids for p in prompts], [p.explore_ids for p in prompts], samples, pad_token_id=pad_token_id
     )
+    if cfg.name != "policy_split":
+        rows = rows.select(torch.nonzero(rows.conditioning_mode == NORMAL).squeeze(-1))
     lengths = rows.prompt_lengths + rows.response_lengths
-    old_logp, old_entropy = batched_token_logprobs(
-        model, arch, rows.input_ids, lengths, token_budget=token_budget, temperature=temperature, chunk_size=chunk_size
-    )
-    metrics = rollout_metrics(rows, old_logp, old_entropy)
+    global_prompt = torch.tensor([prompts[i].index for i in rows.prompt_index.tolist()], dtype=torch.long)
+    rows = _on_device(rows, engine.device)
+
+    def score(model: PolicyEngine) -> tuple[torch.Tensor, torch.Tensor]:
+        return score_rows(model, rows.input_ids, lengths, token_budget=token_budget)
+
+    old_logp, old_entropy = score(engine)
+    metrics = rollout_metrics(rows, old_logp, old_entropy)  # (value, weight) pairs, reduced at the end
     need = requirements(cfg)
     stage2 = cfg.name == "erpd" and cfg.erpd.stage == 2
-    if cfg.name != "policy_split":
-        keep = torch.nonzero(rows.conditioning_mode == NORMAL).squeeze(-1)
-        rows, old_logp, old_entropy, lengths = rows.select(keep), old_logp[keep], old_entropy[keep], lengths[keep]
-
-    def score(frozen: torch.nn.Module) -> torch.Tensor:  # same micro-batching as the old log-probs
-        return batched_token_logprobs(frozen, arch, rows.input_ids, lengths, token_budget=token_budget,
-                                      temperature=temperature, chunk_size=chunk_size)[0]
-
     ref_logp = None
     if need.ref_log_probs or stage2:
         if reference is None:
             raise ValueError(f"algorithm {cfg.name!r} needs the reference policy: pass prepare_step(reference=...)")
-        ref_logp = score(reference)
+        ref_logp = score(reference)[0]
         metrics["reference/kl_k1_old"] = _masked_mean(old_logp - ref_logp, rows.response_mask)
     teacher_logp = None
     if need.teacher_log_probs:
         if not teachers:
             raise ValueError("ERPD stage 2 needs at least one teacher: pass prepare_step(teachers=[...])")
-        teacher_logp = [score(t) for t in teachers]
+        teacher_logp = [score(t)[0] for t in teachers]
         for i, t in enumerate(teacher_logp):
             metrics[f"erpd/teacher{i}_abs_log_ratio_to_policy"] = _masked_mean((t - old_logp).abs(), rows.response_mask)
             metrics[f"erpd/teacher{i}_abs_log_ratio_to_base"] = _masked_mean((t - ref_logp).abs(), rows.response_mask)
@@ -105,7 +121,8 @@ def prepare_step(
             teacher_log_probs=teacher_logp,
         ),
     )
-    metrics.update({f"advantage/{k}": float(v) for k, v in adv.metrics.items() if torch.as_tensor(v).numel() == 1})
+    metrics.update({f"advantage/{k}": (float(v), len(rows)) for k, v in adv.metrics.items()
+                    if torch.as_tensor(v).numel() == 1})
     update = UpdateBatch(
         input_ids=rows.input_ids,
         lengths=lengths,
@@ -114,25 +131,40 @@ def prepare_step(
         response_mask=adv.response_mask,
         gradient_mask=adv.gradient_mask,
         ref_log_probs=ref_logp if need.ref_log_probs else None,
+        mini_batch=mini_batch_of_prompts(global_prompt, num_prompts, mini_batches),
     )
-    return PreparedStep(update, metrics)
+    return PreparedStep(update, reduce_step_metrics(metrics))
 
 
 def rollout_metrics(rows: QuarterBatch, old_logp: torch.Tensor, old_entropy: torch.Tensor) -> dict[str, float]:
     """Per generating mode, on each response's OWN conditioning: reward, length, mean
     full-vocabulary token entropy in bits (as the paper reports it); and the two inter-mode KLs on
-    the same responses (KL(normal||HE) on normal rollouts, KL(HE||normal) on HE rollouts)."""
-    out: dict[str, float] = {}
+    the same responses (KL(normal||HE) on normal rollouts, KL(HE||normal) on HE rollouts), when
+    the rows hold both conditionings (Policy Split). (value, weight) pairs of this rank's rows:
+    `reduce_step_metrics` makes them whole-batch means."""
+    pairs: dict[str, tuple[float, float]] = {}
     own = rows.conditioning_mode == rows.source_mode
     for mode in (NORMAL, HIGH_ENTROPY):
         sel = own & (rows.source_mode == mode)
-        if not bool(sel.any()):
+        count = int(sel.sum())
+        if not count:
             continue
         name = MODE_NAMES[mode]
-        out[f"{name}/reward"] = float(rows.rewards[sel].mean())
-        out[f"{name}/response_length"] = float(rows.response_lengths[sel].float().mean())
-        out[f"{name}/entropy_bits"] = entropy_bits(_masked_mean(old_entropy[sel], rows.response_mask[sel]))
-    if bool((rows.source_mode == HIGH_ENTROPY).any()) and bool((rows.source_mode == NORMAL).any()):
+        pairs[f"{name}/reward"] = (float(rows.rewards[sel].mean()), count)
+        pairs[f"{name}/response_length"] = (float(rows.response_lengths[sel].float().mean()), count)
+        pairs[f"{name}/entropy_nats"] = _masked_mean(old_entropy[sel], rows.response_mask[sel])
+    both_conditionings = bool((rows.conditioning_mode != rows.source_mode).any())
+    if both_conditionings and bool((rows.source_mode == HIGH_ENTROPY).any()) and bool((rows.source_mode == NORMAL).any()):
         kl = inter_mode_kl(old_logp, rows.response_mask, rows.conditioning_mode, rows.source_mode, rows.partner_index)
-        out.update({f"inter_mode/{k}": float(v) for k, v in kl.items()})
+        for key, mode in (("kl_normal_he", NORMAL), ("kl_he_normal", HIGH_ENTROPY)):
+            pairs[f"inter_mode/{key}"] = (float(kl[key]), int((own & (rows.source_mode == mode)).sum()))
+    return pairs
+
+
+def reduce_step_metrics(pairs: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Weighted means over all data-parallel ranks (collective), token entropies in bits."""
+    out = dp_weighted_means(pairs)
+    for name in MODE_NAMES.values():
+        if f"{name}/entropy_nats" in out:
+            out[f"{name}/entropy_bits"] = entropy_bits(out.pop(f"{name}/entropy_nats"))
     return out

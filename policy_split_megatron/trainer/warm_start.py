@@ -11,6 +11,7 @@ HE prompt alone barely shifts the output distribution), and RL is what splits th
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any, Callable, Sequence
 
@@ -18,10 +19,9 @@ import torch
 from tqdm import tqdm
 
 from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, NORMAL
-from policy_split_megatron.model import ModelArchitecture
+from policy_split_megatron.engine import Pack, PolicyEngine, pack_batch
+from policy_split_megatron.engine.collectives import sum_reports
 from policy_split_megatron.rollout import DualModePrompt
-from policy_split_megatron.trainer.forward import token_logprobs
-from policy_split_megatron.trainer.optimizer import PolicyOptimizer
 
 
 def reference_solutions(record: dict[str, Any]) -> list[str]:
@@ -35,10 +35,16 @@ def reference_solutions(record: dict[str, Any]) -> list[str]:
     return list(solutions)
 
 
+def _sft_loss(pack: Pack, log_probs: torch.Tensor, entropy: torch.Tensor, *, mask: torch.Tensor):
+    """Token-mean cross-entropy on response tokens: numerator and count (engine/schedule.py)."""
+    m = pack.gather_rows(mask)
+    nll = -(log_probs * m).sum()
+    count = m.sum()
+    return nll, count, {"nll": nll.detach(), "tokens": count.to(torch.float64)}
+
+
 def warm_start(
-    model: torch.nn.Module,
-    arch: ModelArchitecture,
-    optimizer: PolicyOptimizer,
+    engine: PolicyEngine,
     records: Sequence[dict[str, Any]],
     prompts: Sequence[DualModePrompt],
     encode_response: Callable[[str], list[int]],
@@ -47,15 +53,14 @@ def warm_start(
     batch_size: int,
     pad_token_id: int,
     seed: int,
-    data_parallel_size: int = 1,
-    lr_at: Callable[[int], float] | None = None,
+    token_budget: int,
     show_progress: bool = True,
 ) -> list[float]:
-    """Run `steps` supervised steps (token-mean cross-entropy on response tokens); return the
-    loss of each step. `prompts[i]` is `records[i]` rendered in both modes. Each data-parallel rank
-    passes its own `seed`; gradients are summed over ranks, so each rank's loss is divided by
-    `data_parallel_size`. `lr_at(step)` sets the learning rate of each step (a schedule); None keeps
-    the optimizer's."""
+    """Run `steps` supervised optimizer steps of `engine` (its optimizer and LR schedule, built by
+    the caller) on token-mean cross-entropy over response tokens; return each step's loss over the
+    whole batch. `prompts[i]` is `records[i]` rendered in both modes. Each data-parallel rank draws
+    `batch_size` examples with its own `seed`; the loss is normalised by the token count of all ranks'
+    examples (megatron-core's per-token loss)."""
     rng = random.Random(seed)
     losses = []
     bar = tqdm(range(steps), desc="warm start", unit="step", disable=not show_progress)
@@ -73,13 +78,11 @@ def warm_start(
         for r, (row, m) in enumerate(zip(rows, masks)):
             ids[r, : len(row)] = torch.tensor(row)
             mask[r, : len(m)] = torch.tensor(m)
-        logp, _ = token_logprobs(model, arch, ids)
-        loss = -(logp * mask).sum() / mask.sum()
-        (loss / data_parallel_size).backward()
-        if lr_at is not None:
-            for group in optimizer.optimizer.param_groups:
-                group["lr"] = lr_at(step)
-        optimizer.step(step_index=step)
-        losses.append(loss.item())
+        lengths = torch.tensor([len(r) for r in rows])
+        packs = [p.to(engine.device) for p in pack_batch(ids, lengths, token_budget, engine.alignment)]
+        _, reports = engine.train_step(packs, functools.partial(_sft_loss, mask=mask.to(engine.device)),
+                                       step_index=step, temperature=1.0)  # the data's own distribution
+        totals = sum_reports(reports, ["nll", "tokens"])
+        losses.append(totals["nll"] / max(totals["tokens"], 1.0))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return losses

@@ -3,8 +3,8 @@
 One module fixture runs three worlds and reuses them for every assertion:
 
   TP=2 world: import a tied Llama HF folder into a checkpoint (hf_to_checkpoint in place), load it
-              back the way the trainer resumes (with a PolicyOptimizer); train a Qwen3 policy one
-              optimizer step and save it (with hf_metadata), record its logits on a fixed batch.
+              back the way the trainer resumes (into a PolicyEngine); train a Qwen3 policy one
+              engine optimizer step and save it (with hf_metadata), record its logits on a fixed batch.
   TP=1 world: perturb the Llama policy deterministically and save it; export the TP=2 Qwen3
               checkpoint at TP=1 (float32 and bfloat16) and the imported Llama checkpoint at TP=1.
   CLI:        `convert_checkpoint.py to-hf` exports the TP=1 Llama checkpoint at TP=2 (spawned
@@ -78,42 +78,37 @@ def _exported(model, arch) -> dict[str, torch.Tensor]:
 def _tp2_world(rank, world_size, qwen_hf, llama_hf, base):
     from policy_split_megatron.bridge import SafetensorsSource
     from policy_split_megatron.bridge.checkpoint_convert import hf_to_checkpoint
-    from policy_split_megatron.model import forward_logits
-    from policy_split_megatron.ops import logprobs_and_entropy
+    from policy_split_megatron.engine import pack_batch
     from policy_split_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from policy_split_megatron.trainer.optimizer import OptimizerConfig, PolicyOptimizer
+    from tests.helpers.engine import build_engine
 
     base = Path(base)
     out = {}
     # Import at TP=2 (in place: this world is the collective), then resume from it like the trainer.
     out["imported_step"] = str(hf_to_checkpoint(llama_hf, base / "llama_imported", tensor_parallel=2,
                                                 show_progress=False))
-    from transformers import AutoConfig
-
-    from policy_split_megatron.model import architecture_from_hf, build_policy_model
-
-    l_arch = architecture_from_hf(AutoConfig.from_pretrained(llama_hf))
-    l_model = build_policy_model(l_arch)
+    llama = build_engine(llama_hf)
     with torch.no_grad():  # any starting point: loading must overwrite every weight
-        for p in l_model.parameters():
+        for p in llama.module.parameters():
             p.normal_(generator=torch.Generator().manual_seed(9))
-    l_opt = PolicyOptimizer(l_model, OptimizerConfig(lr=1e-3))
-    out["imported_common"] = load_checkpoint(latest_checkpoint(base / "llama_imported"), l_model, l_opt)
-    out["imported_optimizer_fresh"] = not any(l_opt.optimizer.state.values())
+    llama.weights_changed()
+    out["imported_common"] = load_checkpoint(latest_checkpoint(base / "llama_imported"), llama.module, llama.optimizer)
+    out["imported_optimizer_fresh"] = not any(inner.optimizer.state for inner in llama.optimizer.chained_optimizers)
     original = SafetensorsSource(llama_hf)
-    loaded = _exported(l_model, l_arch)
+    loaded = _exported(llama.module, llama.arch)
     out["imported_exact"] = loaded.keys() == set(original) and all(
         torch.equal(loaded[n], original[n]) for n in original)
 
-    # Qwen3: one optimizer step away from the HF weights, saved at TP=2 with its HF metadata.
-    arch, model = _policy(qwen_hf)
-    optimizer = PolicyOptimizer(model, OptimizerConfig(lr=2e-2))
-    ids = torch.randint(0, arch.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
-    logp, _ = logprobs_and_entropy(forward_logits(model, ids, arch)[:, :-1], ids[:, 1:], vocab_size=arch.vocab_size)
-    (-logp.mean()).backward()
-    optimizer.step(step_index=0)
-    save_checkpoint(base / "qwen3_ckpt", 1, model, optimizer, {"sampler": None}, hf_metadata_dir=qwen_hf)
-    out["qwen3_logits"] = _full_logits(model, arch, _batch(arch.vocab_size))
+    # Qwen3: one optimizer step of the engine away from the HF weights, saved at TP=2 with its HF metadata.
+    qwen = build_engine(qwen_hf, lr=2e-2)
+    ids = torch.randint(0, qwen.arch.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def nll(pack, log_probs, entropy):
+        return -log_probs[:, 1:].sum(), torch.tensor(log_probs[:, 1:].numel()), {}
+
+    qwen.train_step(pack_batch(ids, torch.tensor([12, 12]), 64), nll, step_index=0)
+    save_checkpoint(base / "qwen3_ckpt", 1, qwen.module, qwen.optimizer, {"sampler": None}, hf_metadata_dir=qwen_hf)
+    out["qwen3_logits"] = _full_logits(qwen.module, qwen.arch, _batch(qwen.arch.vocab_size))
     return out
 
 
@@ -237,7 +232,8 @@ def test_import_then_export_is_bit_exact(converted):
         assert roundtrip[name].dtype == tensor.dtype and torch.equal(roundtrip[name], tensor), name
     assert converted["imported_exact"]
     assert converted["imported_optimizer_fresh"]
-    assert converted["imported_common"] == {"step": 0, "imported_from": str(converted["llama_src"])}
+    assert converted["imported_common"] == {"step": 0, "imported_from": str(converted["llama_src"]),
+                                            "optimizer_restored": False}
     assert Path(converted["imported_step"]).name == "step_000000"
 
 

@@ -1,7 +1,9 @@
-"""Pipeline parallelism on CPU: megatron-core's PP schedule hard-codes CUDA, so this runs the two
-stages' forward and backward in sequence with point-to-point sends over gloo, and compares the
-result with the unsplit reference (transformers' logits and gradients). It also checks that the
-name table follows the stages' layer offsets: export from a PP split reproduces every tensor."""
+"""Pipeline stages against an independent reference: the two stages' forward and backward run by
+hand with point-to-point sends over gloo (no schedule), and megatron-core's DDP applies its
+cross-rank gradient rules (the tied-embedding sum over stages); logits and gradients are compared
+with transformers' on the unsplit model. The trainer's path, megatron-core's 1F1B schedule, is
+checked against PP=1 in test_engine_pipeline.py. It also checks that the name table follows the
+stages' layer offsets: export from a PP split reproduces every tensor."""
 
 import pytest
 import torch
@@ -17,14 +19,20 @@ def _run_split(rank, world_size, folder, expect_tp):
 
     from policy_split_megatron.bridge import SafetensorsSource, export_hf_weights, load_hf_weights
     from policy_split_megatron.model import architecture_from_hf, build_policy_model
-    from policy_split_megatron.model.grads import finalize_grads
-    from tests.helpers.reference import hf_logits_and_grads, local_vocab_slice, max_relative_grad_error
+    from tests.helpers.reference import (
+        hf_logits_and_grads,
+        local_vocab_slice,
+        max_relative_grad_error,
+        reduce_gradients,
+        wrap_for_gradients,
+    )
 
     assert ps.get_tensor_model_parallel_world_size() == expect_tp
     arch = architecture_from_hf(AutoConfig.from_pretrained(folder))
     model = build_policy_model(arch)
     source = SafetensorsSource(folder)
     load_hf_weights(model, arch, source)
+    wrapped = wrap_for_gradients(model)  # megatron-core's DDP applies the cross-rank gradient rules
     stage = ps.get_pipeline_model_parallel_rank()
     owned_layers = sorted(layer.layer_number - 1 for layer in model.decoder.layers)
 
@@ -59,7 +67,7 @@ def _run_split(rank, world_size, folder, expect_tp):
         logit_err = (logits[..., :valid] - expected[..., :valid]).abs().max().item()
         (logits * local_vocab_slice(upstream, tp_rank, width)).sum().backward()
         dist.send(received.grad.contiguous(), dst=prev_rank)
-    finalize_grads(model)
+    reduce_gradients(wrapped)
     grad_err = max_relative_grad_error(model, arch, ref_grads)
 
     exported = dict(export_hf_weights(model, arch))

@@ -30,8 +30,13 @@ def _check_against_hf(rank, world_size, folders):
     from policy_split_megatron.bridge import SafetensorsSource, export_hf_weights, load_hf_weights
     from policy_split_megatron.model import architecture_from_hf, build_policy_model
     from policy_split_megatron.model.builder import forward_logits
-    from policy_split_megatron.model.grads import finalize_grads
-    from tests.helpers.reference import hf_logits_and_grads, local_vocab_slice, max_relative_grad_error
+    from tests.helpers.reference import (
+        hf_logits_and_grads,
+        local_vocab_slice,
+        max_relative_grad_error,
+        reduce_gradients,
+        wrap_for_gradients,
+    )
 
     tp_rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     report = {}
@@ -40,6 +45,7 @@ def _check_against_hf(rank, world_size, folders):
         model = build_policy_model(arch)
         source = SafetensorsSource(folder)
         load_hf_weights(model, arch, source)
+        wrapped = wrap_for_gradients(model)  # megatron-core's DDP applies the cross-rank gradient rules
 
         gen = torch.Generator().manual_seed(1)
         ids = torch.randint(0, arch.vocab_size, (2, 19), generator=gen)
@@ -53,7 +59,7 @@ def _check_against_hf(rank, world_size, folders):
         logit_err = (logits[..., :valid] - expected[..., :valid]).abs().max().item()
 
         (logits * local_vocab_slice(upstream, tp_rank, width)).sum().backward()
-        finalize_grads(model)
+        reduce_gradients(wrapped)
         grad_err = max_relative_grad_error(model, arch, ref_grads)
 
         exported = dict(export_hf_weights(model, arch))

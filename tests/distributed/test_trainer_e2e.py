@@ -59,17 +59,55 @@ def _final_weights(rank, world_size, checkpoint):
     return {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor) and not k.startswith("optimizer")}
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_loop_logs_every_metric(tmp_path, tp):
-    run = tmp_path / "run"
-    run_distributed(_train, tp, QUICK + [f"parallel.tensor_parallel={tp}", f"logging.dir='{run}'", "train.steps=2"], tp=tp)
+def _checkpoint_as_hf(rank, world_size, checkpoint, model_dir):
+    """The HF tensors of a checkpoint's model (loaded at this world's layout)."""
+    from transformers import AutoConfig
+
+    from policy_split_megatron.bridge import export_hf_weights
+    from policy_split_megatron.model import architecture_from_hf, build_policy_model
+    from policy_split_megatron.trainer.checkpoint import load_checkpoint
+
+    arch = architecture_from_hf(AutoConfig.from_pretrained(model_dir))
+    model = build_policy_model(arch)
+    load_checkpoint(checkpoint, model, None)
+    return {n: t.clone() for n, t in export_hf_weights(model, arch)}
+
+
+def check_first_update(run, lr: float) -> None:
+    """Step 1 (no warm start) is Adam's first step from the model folder's weights: every weight with
+    a gradient moves by lr * g / (|g| + eps) ~ lr (plus lr * 0.01 * w of weight decay). So the update
+    happened, on (nearly) every weight, at the configured scale: a trainer whose updates did nothing,
+    or reached only part of the model, or used another scale, fails."""
+    from safetensors.torch import load_file
+
+    before = load_file(str(run / "model" / "model.safetensors"))
+    after = run_distributed(_checkpoint_as_hf, 1, run / "checkpoints" / "step_000001", run / "model", tp=1)[0]
+    moved = torch.cat([(after[k] - before[k]).abs().flatten() for k in before if before[k].ndim == 2])
+    assert moved.median() == pytest.approx(lr, rel=0.2), f"median |dW| {moved.median():.3e} vs lr {lr:.1e}"
+    assert (moved > 0.5 * lr).float().mean() > 0.8, "most weights did not take Adam's first step"
+
+
+def check_metrics(run, steps: int) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rows if r["phase"] == "rl"]
-    assert [r["step"] for r in rl] == [1, 2]
+    assert [r["step"] for r in rl] == list(range(1, steps + 1))
     missing = [k for k in EXPECTED_METRICS if k not in rl[-1]]
     assert not missing, f"metrics.jsonl lacks {missing}"
     assert 0.0 <= rl[-1]["normal/reward"] <= 1.0 and rl[-1]["normal/entropy_bits"] > 0
+    return rl[-1]
+
+
+FIRST_UPDATE = ["warm_start.steps=0", "optimizer.lr=1e-4", "checkpoint.every_steps=1", "checkpoint.keep_last=3"]
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_loop_logs_every_metric_and_updates(tmp_path, tp):
+    run = tmp_path / "run"
+    run_distributed(_train, tp, QUICK + FIRST_UPDATE + [f"parallel.tensor_parallel={tp}", f"logging.dir='{run}'",
+                                                         "train.steps=2"], tp=tp)
+    check_metrics(run, 2)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    check_first_update(run, 1e-4)
 
 
 def test_resumed_run_matches_uninterrupted(tmp_path):

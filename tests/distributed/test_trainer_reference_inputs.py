@@ -101,17 +101,11 @@ ROWS, WIDTH = 8, 24
 def _one_update(rank, world_size, model_dir, algorithm):
     """One policy_update on the same 8 rows: all on one rank (DP=1) or 4 per rank (DP=2); each rank's
     micro-batches are 4 rows either way, so only the centering means could tell DP=1 and DP=2 apart."""
-    from transformers import AutoConfig
-
     from policy_split_megatron.algorithms.config import AlgorithmConfig, KLCovConfig
-    from policy_split_megatron.bridge import SafetensorsSource, load_hf_weights
-    from policy_split_megatron.model import architecture_from_hf, build_policy_model
-    from policy_split_megatron.trainer.optimizer import OptimizerConfig, PolicyOptimizer
-    from policy_split_megatron.trainer.update import UpdateBatch, global_centering_means, policy_update
+    from policy_split_megatron.trainer.update import UpdateBatch, _global_centering_means, policy_update
+    from tests.helpers.engine import build_engine
 
-    arch = architecture_from_hf(AutoConfig.from_pretrained(model_dir))
-    model = build_policy_model(arch)
-    load_hf_weights(model, arch, SafetensorsSource(model_dir))
+    engine = build_engine(model_dir)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(4, 60, (ROWS, WIDTH), generator=gen)
     lengths = torch.full((ROWS,), WIDTH)
@@ -122,11 +116,8 @@ def _one_update(rank, world_size, model_dir, algorithm):
     lo, hi = (0, ROWS) if world_size == 1 else (rank * ROWS // 2, (rank + 1) * ROWS // 2)
     batch = UpdateBatch(ids[lo:hi], lengths[lo:hi], old[lo:hi], adv[lo:hi].contiguous(), mask[lo:hi])
     cfg = AlgorithmConfig(name="kl_cov", kl_cov=KLCovConfig(ratio=0.3, centering=algorithm))
-    micro = [torch.arange(i, min(i + 4, hi - lo)) for i in range(0, hi - lo, 4)]
-    means = [float(v) for v in global_centering_means(model, arch, batch, micro, temperature=1.0, chunk_size=64)]
-    metrics = policy_update(model, arch, PolicyOptimizer(model, OptimizerConfig(lr=1e-3)), batch, cfg,
-                            epochs=1, mini_batches=1, micro_batch_tokens=4 * WIDTH, temperature=1.0,
-                            chunk_size=64, step=0)
+    means = [float(v) for v in _global_centering_means(engine, batch, torch.arange(hi - lo), 4 * WIDTH)]
+    metrics = policy_update(engine, batch, cfg, epochs=1, mini_batches=1, micro_batch_tokens=4 * WIDTH, step=0)
     return means, metrics["grad_norm"]
 
 

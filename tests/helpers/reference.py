@@ -30,7 +30,8 @@ def local_vocab_slice(full: torch.Tensor, tp_rank: int, local_width: int) -> tor
 
 def max_relative_grad_error(model, arch, hf_grads) -> float:
     """Largest |megatron grad - HF grad cut to this rank's shard| / max|HF grad| over the stage's
-    parameters (call after the cross-rank gradient reductions)."""
+    parameters (call after the cross-rank gradient reductions; reads megatron-core DDP's `main_grad`
+    when the model is wrapped, `.grad` otherwise)."""
     from megatron.core import parallel_state as ps
 
     from policy_split_megatron.bridge.convert import resolve_parameters
@@ -40,6 +41,30 @@ def max_relative_grad_error(model, arch, hf_grads) -> float:
     worst = 0.0
     for entry in resolve_parameters(model, arch):
         ref = entry.mapping.layout.shard([hf_grads[n] for n in entry.hf_names], rank, size, arch)
-        grad = params[entry.local_name].grad
+        param = params[entry.local_name]
+        grad = param.main_grad if getattr(param, "main_grad", None) is not None else param.grad
         worst = max(worst, (grad - ref).abs().max().item() / (ref.abs().max().item() + 1e-6))
     return worst
+
+
+def wrap_for_gradients(model):
+    """megatron-core's DistributedDataParallel around `model` (fp32 gradient buffers, no distributed
+    optimizer): after a backward pass, `reduce_gradients(wrapped)` applies megatron-core's own
+    cross-rank rules (DP reduction, TP sum of QK-norm gradients, tied embeddings over PP stages) and
+    each parameter's `main_grad` holds the result."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from policy_split_megatron.cpu_shims import megatron_on_cpu
+
+    with megatron_on_cpu():
+        return DistributedDataParallel(config=model.config, ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True), module=model)
+
+
+def reduce_gradients(wrapped) -> None:
+    from megatron.core.distributed import finalize_model_grads
+
+    from policy_split_megatron.cpu_shims import megatron_on_cpu
+
+    with megatron_on_cpu():
+        finalize_model_grads([wrapped])

@@ -84,17 +84,6 @@ def test_inputs_the_trainer_feeds_are_accepted_and_stage_2_needs_teachers():
     load_cli_config(None, ["algorithm.name=erpd", "algorithm.erpd.stage=1", "rollout.n_explore=0"])
 
 
-def test_warm_start_schedule_warms_up_then_decays():
-    ws = load_run_config(None, ["warm_start.steps=100", "warm_start.lr=1.0", "warm_start.warmup_steps=10",
-                                "warm_start.min_lr_ratio=0.1"]).warm_start
-    assert ws.lr_at(0) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0))))
-    assert ws.lr_at(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9 / 100)))
-    assert ws.lr_at(50) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert ws.lr_at(100) == pytest.approx(0.1)
-    values = [ws.lr_at(s) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
-
-
 def test_summary_reads_accuracy_diversity_and_kl(tmp_path):
     from policy_split_megatron.trainer.summary import run_summary
 
