@@ -40,7 +40,7 @@ def _log_probs(w, feats, tokens):
 def _grad(micro_batches, mode, all_reduce: bool):
     feats, tokens, mask, old, adv, weight = _problem()
     w = weight.clone().requires_grad_(True)
-    denom = sum(local_loss_denominator(mask[rows], mode) for rows in micro_batches)
+    denom = sum(local_loss_denominator(mask[rows], mode, norm_length=6) for rows in micro_batches)
     if all_reduce:
         dist.all_reduce(denom, op=dist.ReduceOp.SUM)
     for rows in micro_batches:

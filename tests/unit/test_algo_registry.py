@@ -188,11 +188,19 @@ def test_erpd_routes():
     assert int(adv.response_mask.sum()) == 11 and not adv.response_mask[[1, 4, 5]].any()
     rows = torch.tensor([0, 2, 3])
     assert loss.item() == pytest.approx((-(lp[rows] * rollout.response_mask[rows]).sum() / 11).item())
-    # stage 1, mse: the reference defaults to the stored (base) log-probs
-    _, (loss, _) = _loss(AlgorithmConfig(name="erpd", erpd=ERPDConfig(stage1_objective="mse")), rollout, lp)
-    direct, _ = erpd.stage1_mse_loss(lp, rollout.old_log_probs, _grpo_tokens(rollout), rollout.response_mask,
-                                     target_scale=0.1, agg_mode="token-mean", global_denominator=n)
-    assert loss.item() == pytest.approx(direct.item())
+    # stage 1, mse: anchored on the FROZEN base (ref_log_probs), never on pi_old; refused without it
+    mse = AlgorithmConfig(name="erpd", erpd=ERPDConfig(stage1_objective="mse"))
+    assert requirements(mse).ref_log_probs and not requirements(AlgorithmConfig(name="erpd")).ref_log_probs
+    with pytest.raises(ValueError, match="frozen base"):
+        _loss(mse, rollout, lp)
+    base = rollout.old_log_probs - 0.3  # pi_old has moved away from the base
+    _, (loss, m) = _loss(mse, rollout, lp, ref_log_probs=base)
+    a = _grpo_tokens(rollout)
+    by_hand = (0.5 * (lp - base - 0.1 * a) ** 2)[rollout.response_mask].sum() / n
+    assert loss.item() == pytest.approx(by_hand.item())
+    anchored_on_old = (0.5 * (lp - rollout.old_log_probs - 0.1 * a) ** 2)[rollout.response_mask].sum() / n
+    assert abs(loss.item() - anchored_on_old.item()) > 1e-3  # the test can tell the two anchors apart
+    assert m["kl_to_base_k1"].item() == pytest.approx(erpd.kl_to_base(lp, base, rollout.response_mask)["kl_to_base_k1"].item())
     # stage 2: the teacher signal becomes the advantage of the distillation loss around the base
     teachers = [rollout.old_log_probs + 0.2, rollout.old_log_probs - 0.1]
     rollout.teacher_log_probs = teachers
