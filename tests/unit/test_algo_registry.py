@@ -87,6 +87,14 @@ def test_requirements():
     assert requirements(AlgorithmConfig(name="erpd", erpd=ERPDConfig(stage=2))).teacher_log_probs
     assert requirements(AlgorithmConfig(name="kl_cov", kl_cov=KLCovConfig(centering="global"))).centering_means
     assert requirements(AlgorithmConfig(name="grpo", ppo=PPOConfig(kl_coef=0.01))).ref_log_probs
+    # global statistics the trainer must reduce over data-parallel ranks
+    assert requirements(AlgorithmConfig(name="forking_tokens")).forking_threshold
+    assert not requirements(AlgorithmConfig(name="entropy_driven_adv")).batch_mean_entropy  # "group": local
+    assert requirements(config_from_dict(AlgorithmConfig, {"name": "entropy_driven_adv",
+                                                           "entropy_driven_adv": {"normalizer": "batch"}})).batch_mean_entropy
+    plain = requirements(AlgorithmConfig(name="grpo"))
+    assert not (plain.engine_log_probs or plain.truncated or plain.max_response_length or plain.dynamic_sampling
+                or plain.forking_threshold or plain.ref_log_probs)
 
 
 def test_grpo_routes_to_ppo_clip():
@@ -134,7 +142,20 @@ def test_entropy_driven_and_forking_tokens():
                                           rollout.response_mask, rollout.group_ids)
     torch.testing.assert_close(adv.advantages, broadcast_to_tokens(eda, rollout.response_mask))
 
+    # "batch": the global mean P the trainer reduced over ranks is the one used
+    cfg = config_from_dict(AlgorithmConfig, {"name": "entropy_driven_adv", "entropy_driven_adv": {"normalizer": "batch"}})
+    rollout.batch_mean_entropy = torch.tensor(1.7)
+    eda, _ = eb.entropy_driven_advantages(grpo_advantages(rollout.rewards, rollout.group_ids), rollout.old_entropy,
+                                          rollout.response_mask, rollout.group_ids, normalizer="batch",
+                                          batch_mean_entropy=1.7)
+    torch.testing.assert_close(compute_advantages(cfg, rollout).advantages, broadcast_to_tokens(eda, rollout.response_mask))
+    rollout.batch_mean_entropy = None
+
     cfg = AlgorithmConfig(name="forking_tokens", forking_tokens=ForkingTokensConfig(top_fraction=0.25))
+    rollout.forking_threshold = torch.tensor(2.0)  # a global threshold is used as given
+    given = compute_advantages(cfg, rollout).gradient_mask
+    assert torch.equal(given, rollout.response_mask & (rollout.old_entropy >= 2.0))
+    rollout.forking_threshold = None
     adv, (loss, _) = _loss(cfg, rollout, lp)
     assert int(adv.gradient_mask.sum()) == 5  # ceil(0.25 * 20 valid tokens)
     loss.backward()
