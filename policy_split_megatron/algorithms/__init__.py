@@ -1,5 +1,6 @@
-"""RL algorithms as pure tensor math: advantages, policy losses, Policy Split, entropy baselines,
-Clip-Cov/KL-Cov, ERPD and loss aggregation. No process groups here (no collective is ever called): global
+"""RL algorithms as pure tensor math: advantages (GRPO, RLOO), policy losses (PPO-clip, GSPO), Policy Split,
+entropy baselines, Clip-Cov/KL-Cov, ERPD, DAPO's sampling/shaping pieces, the rollout/trainer mismatch
+correction and loss aggregation. No process groups here (no collective is ever called): global
 statistics are computed by the caller and passed in. Equations and choices: docs/algorithms.md.
 
 The trainer's single entry point is the dispatcher in `registry` (re-exported below).
@@ -11,6 +12,7 @@ from policy_split_megatron.algorithms.config import (
     AdvantageConfig,
     AlgorithmConfig,
     ClipCovConfig,
+    DAPOConfig,
     EntropyAdvConfig,
     EntropyDrivenAdvConfig,
     EntropyRegConfig,
@@ -19,6 +21,7 @@ from policy_split_megatron.algorithms.config import (
     KLCovConfig,
     PolicySplitConfig,
     PPOConfig,
+    RolloutCorrectionConfig,
     ScheduleConfig,
     config_from_dict,
 )
@@ -44,9 +47,9 @@ from policy_split_megatron.algorithms.registry import (
 
 __all__ = [
     "ALGORITHM_NAMES", "LOSS_AGG_MODES", "DEFAULT_HE_SYSTEM_PROMPT", "NORMAL", "HIGH_ENTROPY",
-    "AdvantageConfig", "AlgorithmConfig", "ClipCovConfig", "EntropyAdvConfig", "EntropyDrivenAdvConfig",
-    "EntropyRegConfig", "ERPDConfig", "ForkingTokensConfig", "KLCovConfig", "PolicySplitConfig", "PPOConfig",
-    "ScheduleConfig", "config_from_dict",
+    "AdvantageConfig", "AlgorithmConfig", "ClipCovConfig", "DAPOConfig", "EntropyAdvConfig",
+    "EntropyDrivenAdvConfig", "EntropyRegConfig", "ERPDConfig", "ForkingTokensConfig", "KLCovConfig",
+    "PolicySplitConfig", "PPOConfig", "RolloutCorrectionConfig", "ScheduleConfig", "config_from_dict",
     "mode_messages", "render_prompt_ids", "render_mode_prompts",
     "QuarterBatch", "RolloutSample", "build_quarters",
     "AdvantageResult", "MicroBatch", "Requirements", "RolloutBatch",

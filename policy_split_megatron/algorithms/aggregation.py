@@ -3,7 +3,13 @@
 Modes keep verl's meaning (verl `agg_loss`):
   * "token-mean":          sum of all valid token losses / number of valid tokens;
   * "seq-mean-token-mean": mean over sequences of each sequence's token mean;
-  * "seq-mean-token-sum":  mean over sequences of each sequence's token sum.
+  * "seq-mean-token-sum":  mean over sequences of each sequence's token sum;
+  * "seq-mean-token-sum-norm": mean over sequences of each sequence's token sum divided by a CONSTANT
+    length L (Dr. GRPO, arXiv 2503.20783 §3.1 and its code: L = the generation budget), so that neither a
+    sequence's length nor the batch's token count rescales a token's gradient.
+
+"token-mean" is DAPO's token-level policy-gradient loss (arXiv 2503.14476, Eq. 12): the sum over all
+tokens of all sequences divided by the total token count, here of the whole mini-batch.
 
 The "number of tokens" / "number of sequences" is the GLOBAL count of the whole mini-batch: every
 micro-batch on every data-parallel rank divides by the same number. Then
@@ -27,7 +33,8 @@ import torch
 
 from policy_split_megatron.algorithms.common import as_bool_mask, masked_mean, masked_sum
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+NORMALISED_MODE = "seq-mean-token-sum-norm"
 
 
 def _check_mode(mode: str) -> None:
@@ -35,13 +42,23 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {mode!r}")
 
 
-def local_loss_denominator(response_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """This micro-batch's contribution to the global denominator (float64 scalar, to be all-reduced)."""
+def local_loss_denominator(response_mask: torch.Tensor, mode: str, norm_length: int | None = None) -> torch.Tensor:
+    """This micro-batch's contribution to the global denominator (float64 scalar, to be all-reduced).
+
+    "seq-mean-token-sum-norm" folds its constant L into the denominator (sequences x L), so that
+    `aggregate_loss` only sums token losses: `norm_length` (L) is required for that mode only.
+    """
     _check_mode(mode)
     m = as_bool_mask(response_mask)
     if mode == "token-mean":
         return m.sum().to(torch.float64)
-    return m.any(dim=-1).sum().to(torch.float64)
+    sequences = m.any(dim=-1).sum().to(torch.float64)
+    if mode == NORMALISED_MODE:
+        if norm_length is None or norm_length <= 0:
+            raise ValueError(f"loss_agg_mode={NORMALISED_MODE!r} needs a positive norm_length (Dr. GRPO's constant, "
+                             f"e.g. the maximum response length), got {norm_length!r}")
+        return sequences * float(norm_length)
+    return sequences
 
 
 def aggregate_loss(
@@ -64,7 +81,7 @@ def aggregate_loss(
         numerator = masked_sum(per_token_loss, m)
     elif mode == "seq-mean-token-mean":
         numerator = masked_mean(per_token_loss, m, dim=-1).sum()  # empty rows give 0 (masked_mean)
-    else:
+    else:  # token sums; "-norm" has its constant L inside the denominator (local_loss_denominator)
         numerator = masked_sum(per_token_loss, m, dim=-1).sum()
     # No host sync on the denominator: a zero denominator selects a zero loss (with a finite gradient).
     positive = denom > 0

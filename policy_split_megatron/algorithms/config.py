@@ -4,7 +4,9 @@ recorded in docs/algorithms.md.
 
 Papers: PS = Policy Split (arXiv 2604.11510); COV = Cui et al. (arXiv 2505.22617); LB = Lei & Baehr
 (arXiv 2604.09676); EA = cheng2025 (arXiv 2506.14758); EDGE = arXiv 2507.21848; FORK = arXiv 2506.01939;
-ERPD = arXiv 2605.25582.
+ERPD = arXiv 2605.25582; DAPO = arXiv 2503.14476; DRGRPO = Dr. GRPO, arXiv 2503.20783; GSPO = arXiv 2507.18071;
+RLOO = arXiv 2402.14740; TIS = Yao et al. 2025 (truncated importance sampling for the rollout mismatch).
+Combinations that do not make sense are refused in AlgorithmConfig.__post_init__ (reasons: docs/algorithms.md).
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from policy_split_megatron.algorithms.aggregation import LOSS_AGG_MODES
+from policy_split_megatron.algorithms.advantages import ADVANTAGE_ESTIMATORS
+from policy_split_megatron.algorithms.aggregation import LOSS_AGG_MODES, NORMALISED_MODE
 from policy_split_megatron.algorithms.common import KL_ESTIMATORS
 from policy_split_megatron.algorithms.entropy_baselines import EDA_NORMALIZERS
 from policy_split_megatron.algorithms.erpd import SIGNAL_CONSTRUCTIONS, STAGE1_OBJECTIVES
 from policy_split_megatron.algorithms.modes import DEFAULT_HE_SYSTEM_PROMPT, HE_PROMPT_PLACEMENTS
 from policy_split_megatron.algorithms.policy_split import CLAMP_ORDERS, ENTROPY_ESTIMATES
+from policy_split_megatron.algorithms.ppo import RATIO_LEVELS
+from policy_split_megatron.algorithms.rollout_correction import CORRECTION_LEVELS, CORRECTION_MODES
 from policy_split_megatron.algorithms.schedules import SCHEDULE_KINDS, schedule_value
 
 ALGORITHM_NAMES = (
@@ -67,13 +72,15 @@ class ScheduleConfig:
 
 @dataclass
 class AdvantageConfig:
-    """GRPO group advantage (Eq. 2 of PS); also used by every baseline and ERPD stage 1."""
+    """Group advantage (GRPO Eq. 2 of PS, or RLOO); used by every algorithm that has rewards, Policy Split's A included."""
 
-    normalize_by_std: bool = True  # divide by the group std (GRPO); False = Dr. GRPO's r - mean
+    estimator: str = "grpo"  # "grpo": r - group mean; "rloo": r - mean of the OTHER responses (RLOO)
+    normalize_by_std: bool = True  # divide by the group std (GRPO); False = Dr. GRPO's r - mean (and RLOO's)
     std_unbiased: bool = True  # Bessel-corrected std (torch.std, verl); False = population std
     eps: float = 1e-6  # added to the std (verl's epsilon)
 
     def __post_init__(self):
+        _one_of("advantage", "estimator", self.estimator, ADVANTAGE_ESTIMATORS)
         _check("advantage", "eps", self.eps >= 0, ">= 0", self.eps)
 
 
@@ -86,6 +93,9 @@ class PPOConfig:
     dual_clip_c: float | None = None  # dual-clip cap for A < 0 (verl clip_ratio_c = 3.0); None = off
     kl_coef: float = 0.0  # reference-KL loss coefficient; PS Table 8: 0.0 (off)
     kl_estimator: str = "k3"  # "k1" | "k2" | "k3" | "abs": per-token estimator of KL(pi || pi_ref)
+    # "token": rho per token (PPO/GRPO); "sequence": GSPO's length-normalised sequence ratio, clipped per
+    # sequence (GSPO §4.1: clip_eps_low=3e-4, clip_eps_high=4e-4; needs loss_agg_mode="seq-mean-token-mean")
+    ratio_level: str = "token"
 
     def __post_init__(self):
         for name in ("clip_eps_low", "clip_eps_high"):
@@ -95,6 +105,7 @@ class PPOConfig:
         _check("ppo", "dual_clip_c", self.dual_clip_c is None or self.dual_clip_c > 1, "None or > 1", self.dual_clip_c)
         _check("ppo", "kl_coef", self.kl_coef >= 0, ">= 0", self.kl_coef)
         _one_of("ppo", "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _one_of("ppo", "ratio_level", self.ratio_level, RATIO_LEVELS)
 
 
 @dataclass
@@ -263,12 +274,60 @@ class ERPDConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Rollout/trainer log-prob mismatch correction (algorithms/rollout_correction.py); off by default."""
+
+    enabled: bool = False  # needs the engine's log-prob of every sampled token (RolloutBatch.engine_log_probs)
+    level: str = "token"  # "token" | "sequence" | "geometric" (geometric: mask mode only)
+    mode: str = "truncate"  # "truncate": w = min(pi_old/pi_engine, cap) (TIS); "mask": drop outside [lower, upper]
+    cap: float = 2.0  # C of truncate (TIS; verl rollout_is_threshold, slime --use-tis: 2.0); >= 1 keeps w = 1 at rho = 1
+    lower: float = 0.5  # mask: lowest kept ratio (verl's default lower = 1 / upper)
+    upper: float = 2.0  # mask: highest kept ratio
+
+    def __post_init__(self):
+        _one_of("rollout_correction", "level", self.level, CORRECTION_LEVELS)
+        _one_of("rollout_correction", "mode", self.mode, CORRECTION_MODES)
+        _check("rollout_correction", "cap", self.cap >= 1, ">= 1 (a cap below 1 would reweight matched tokens)",
+               self.cap)
+        _check("rollout_correction", "lower", 0 <= self.lower <= 1, "in [0, 1]", self.lower)
+        _check("rollout_correction", "upper", self.upper >= 1, ">= 1", self.upper)
+        if self.mode == "truncate" and self.level == "geometric":
+            raise ValueError("rollout_correction.level='geometric' is a rejection criterion: use mode='mask' "
+                             "(truncating a geometric mean is not an importance weight)")
+
+
+@dataclass
+class DAPOConfig:
+    """DAPO's dynamic sampling and overlong handling (DAPO §3.2, §3.4; algorithms/dapo.py). Clip-higher is
+    ppo.clip_eps_high (DAPO: 0.28), the token-level loss is loss_agg_mode="token-mean" (the default)."""
+
+    dynamic_sampling: bool = False  # drop groups whose task rewards are all equal; generate more prompts
+    max_generation_rounds: int = 10  # rounds per step, the first included (verl max_num_gen_batches = 10)
+    dynamic_sampling_tolerance: float = 0.0  # a group is "all equal" when max(r) - min(r) <= this
+    overlong_filtering: bool = False  # truncated responses (no EOS, cut at the length limit) leave the loss
+    overlong_buffer: int = 0  # L_cache of the soft overlong punishment (Eq. 13; DAPO: 4096); 0 = off
+    overlong_penalty_factor: float = 1.0  # scales Eq. 13's penalty (1.0 = the paper)
+
+    def __post_init__(self):
+        _check("dapo", "max_generation_rounds", isinstance(self.max_generation_rounds, int)
+               and self.max_generation_rounds >= 1, "an int >= 1", self.max_generation_rounds)
+        _check("dapo", "dynamic_sampling_tolerance", self.dynamic_sampling_tolerance >= 0, ">= 0",
+               self.dynamic_sampling_tolerance)
+        _check("dapo", "overlong_buffer", isinstance(self.overlong_buffer, int) and self.overlong_buffer >= 0,
+               "an int >= 0 (tokens; 0 = no soft penalty)", self.overlong_buffer)
+        _check("dapo", "overlong_penalty_factor", self.overlong_penalty_factor >= 0, ">= 0",
+               self.overlong_penalty_factor)
+
+
+@dataclass
 class AlgorithmConfig:
     """Root: which algorithm runs, and the settings of all of them (only the named one is used)."""
 
     name: str = "policy_split"  # one of ALGORITHM_NAMES
-    # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" (verl meaning; PS silent, verl default)
+    # "token-mean" (DAPO's token-level loss) | "seq-mean-token-mean" | "seq-mean-token-sum" |
+    # "seq-mean-token-sum-norm" (Dr. GRPO: token sums / loss_norm_length); verl meaning; PS silent, verl default
     loss_agg_mode: str = "token-mean"
+    loss_norm_length: int | None = None  # Dr. GRPO's constant L (e.g. rollout max_tokens); that mode only
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     policy_split: PolicySplitConfig = field(default_factory=PolicySplitConfig)
@@ -279,12 +338,40 @@ class AlgorithmConfig:
     clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
     erpd: ERPDConfig = field(default_factory=ERPDConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    dapo: DAPOConfig = field(default_factory=DAPOConfig)
 
     def __post_init__(self):
         _one_of("algorithm", "name", self.name, ALGORITHM_NAMES)
         _one_of("algorithm", "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+        if self.loss_agg_mode == NORMALISED_MODE:
+            n = self.loss_norm_length
+            _check("algorithm", "loss_norm_length", isinstance(n, int) and n >= 1,
+                   f"a positive int with loss_agg_mode={NORMALISED_MODE!r} (Dr. GRPO's constant, e.g. the "
+                   "rollout's max_tokens)", n)
         if self.name in ("clip_cov", "kl_cov") and self.ppo.dual_clip_c is not None:
             raise ValueError(f"algorithm.ppo.dual_clip_c is not used by {self.name} (verl semantics); set it to None")
+        _refuse_combinations(self)
+
+
+def _refuse_combinations(cfg: AlgorithmConfig) -> None:
+    """Combinations that have no meaning (each reason in docs/algorithms.md, "Combinations")."""
+    if cfg.ppo.ratio_level == "sequence":
+        if cfg.name in ("clip_cov", "kl_cov", "erpd"):
+            raise ValueError(f"algorithm.ppo.ratio_level='sequence' (GSPO) cannot be combined with {cfg.name}: "
+                             f"{cfg.name} defines its own per-token loss (token covariance / ERPD stages); use "
+                             "ratio_level='token'")
+        if cfg.loss_agg_mode != "seq-mean-token-mean":
+            raise ValueError("algorithm.ppo.ratio_level='sequence' (GSPO) averages over sequences (GSPO §4.1, 1/G "
+                             "sum over responses): set algorithm.loss_agg_mode='seq-mean-token-mean', got "
+                             f"{cfg.loss_agg_mode!r}")
+    if cfg.rollout_correction.enabled and cfg.name == "erpd":
+        raise ValueError("algorithm.rollout_correction cannot be combined with erpd: stage 1's ce/mse objectives "
+                         "are regressions, not importance-weighted policy gradients, and stage 2's ratio is taken "
+                         "to the frozen base, not to the policy that sampled; set rollout_correction.enabled=False")
+    if cfg.name == "erpd" and cfg.erpd.stage == 2 and (cfg.dapo.dynamic_sampling or cfg.dapo.overlong_buffer):
+        raise ValueError("algorithm.dapo.dynamic_sampling / overlong_buffer act on rewards, and ERPD stage 2's "
+                         "signal (teacher log-ratios) does not use rewards; turn them off for stage 2")
 
 
 def config_from_dict(cls, data: Mapping[str, Any] | None):

@@ -15,6 +15,9 @@ them: their loss is zeroed but they still count in the denominator.
 KL-Cov (Eq. 13-14): the top-k tokens by cov, k = max(1, int(N * ratio)), get loss -A*rho + beta*|log pi -
 log pi_old|; every token gets the UNCLIPPED -A*rho (no PPO clip in KL-Cov). `ratio` is a FRACTION
 (2e-4 = 0.02 %); the authors' original `k_percent` was in percent (their 0.2 = 2e-3 here).
+
+`pg_weight` (rollout correction) multiplies the policy-gradient term of each token: Clip-Cov's clipped
+surrogate, KL-Cov's -A*rho (not its |log ratio| penalty).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from policy_split_megatron.algorithms.aggregation import aggregate_loss
 from policy_split_megatron.algorithms.common import as_bool_mask, masked_mean, masked_sum
-from policy_split_megatron.algorithms.ppo import clipped_surrogate
+from policy_split_megatron.algorithms.ppo import clipped_surrogate, weighted
 
 
 def covariance_centering_stats(
@@ -114,6 +117,7 @@ def clip_cov_loss(
     ub: float = 5.0,
     generator: torch.Generator | None = None,
     centering_means: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clip-Cov loss (Eq. 12 of arXiv 2505.22617, verl semantics) for one micro-batch."""
     adv = advantages.unsqueeze(-1).expand_as(log_probs) if advantages.dim() == 1 else advantages
@@ -123,7 +127,7 @@ def clip_cov_loss(
     selected, num_candidates = clip_cov_selection(
         cov, m, terms.clipped & m, ratio=ratio, lb=lb, ub=ub, generator=generator
     )
-    per_token = terms.loss * (~selected).to(terms.loss.dtype)
+    per_token = weighted(terms.loss, pg_weight) * (~selected).to(terms.loss.dtype)
     loss = aggregate_loss(per_token, m, agg_mode, global_denominator)
     metrics = {
         "clip_cov_selected": selected.sum().float(),
@@ -146,6 +150,7 @@ def kl_cov_loss(
     ratio: float = 2e-4,
     beta: float = 1.0,
     centering_means: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """KL-Cov loss (Eq. 14 of arXiv 2505.22617, verl semantics) for one micro-batch; beta may be annealed."""
     adv = advantages.unsqueeze(-1).expand_as(log_probs) if advantages.dim() == 1 else advantages
@@ -153,7 +158,7 @@ def kl_cov_loss(
     m = as_bool_mask(response_mask)
     selected = kl_cov_selection(token_covariance(adv, log_probs, m, centering_means), m, ratio=ratio)
     abs_kl = (log_probs - old_log_probs.detach()).abs()
-    per_token = terms.unclipped_loss + beta * abs_kl * selected.to(abs_kl.dtype)
+    per_token = weighted(terms.unclipped_loss, pg_weight) + beta * abs_kl * selected.to(abs_kl.dtype)
     loss = aggregate_loss(per_token, m, agg_mode, global_denominator)
     metrics = {
         "kl_cov_selected": selected.sum().float(),

@@ -16,11 +16,21 @@
 * Forking Tokens only (wang2025beyond, arXiv 2506.01939): the gradient flows only through the top-rho
   (rho = 20 %) highest-entropy tokens of the batch; the others are masked out of the loss but, as in the
   paper's objective (normalised by the total token count of the batch), still count in the denominator.
+
+Global statistics (the "batch" of FORK's threshold and of EDGE's "batch" normaliser is the whole rollout
+batch, spread over data-parallel ranks): this module never communicates, so it offers the pieces a
+trainer reduces (SUM) over ranks and the functions that finish from the reduced values:
+  * EDGE "batch": `response_entropy_stats` -> all-reduce -> `batch_mean_entropy_from_stats`;
+  * FORK threshold, EXACTLY the k-th largest entropy of all ranks' valid tokens, by a two-round radix
+    select on the float32 bit pattern: `valid_token_count` -> all-reduce -> k = `forking_k`; then twice
+    `radix_histogram` -> all-reduce -> `radix_step`; finally `radix_value`. `global_forking_threshold`
+    runs these steps with a caller-supplied SUM reducer (identity on one rank).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -121,3 +131,84 @@ def forking_token_mask(
         threshold = torch.topk(valid, k, largest=True).values[-1]
     threshold = torch.as_tensor(threshold, dtype=h.dtype, device=h.device)
     return m & (h >= threshold), threshold
+
+
+# -- global statistics (reduced by the caller over data-parallel ranks) ---------------------------------
+
+RADIX_BITS = 16  # two rounds of 2**16 bins cover the 32 bits of a float32
+_RADIX_BINS = 1 << RADIX_BITS
+
+
+def response_entropy_stats(entropy: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """float64 [sum of P_i, number of responses with tokens] of this rank's responses (all-reduce SUM)."""
+    has_tokens = as_bool_mask(response_mask).any(-1)
+    p = response_mean_entropy(entropy, response_mask).to(torch.float64)
+    return torch.stack([torch.where(has_tokens, p, torch.zeros_like(p)).sum(), has_tokens.sum().to(torch.float64)])
+
+
+def batch_mean_entropy_from_stats(stats: torch.Tensor) -> torch.Tensor:
+    """EDGE's "batch" normaliser, mean P over the responses of all ranks, from reduced response_entropy_stats."""
+    return stats[0] / stats[1].clamp(min=1)
+
+
+def valid_token_count(response_mask: torch.Tensor) -> torch.Tensor:
+    """float64 [1]: this rank's valid tokens (all-reduce SUM, then `forking_k`)."""
+    return as_bool_mask(response_mask).sum().to(torch.float64).reshape(1)
+
+
+def forking_k(total_tokens: int | float | torch.Tensor, top_fraction: float) -> int:
+    """k = ceil(top_fraction * N) over the N valid tokens of the whole batch (0 when N = 0), as forking_token_mask."""
+    n = int(torch.as_tensor(total_tokens).reshape(-1)[0])
+    return 0 if n == 0 else max(1, math.ceil(top_fraction * n - 1e-9))
+
+
+def _sortable_keys(values: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 keys in [0, 2**32) whose integer order is the float order."""
+    bits = values.detach().float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    negative = (bits & 0x80000000) != 0
+    return torch.where(negative, (~bits) & 0xFFFFFFFF, bits | 0x80000000)
+
+
+def radix_histogram(values: torch.Tensor, response_mask: torch.Tensor, high_bin: int | None = None) -> torch.Tensor:
+    """int64 [2**16] histogram of this rank's valid values (all-reduce SUM). Round 1 (high_bin None): by the
+    high 16 bits of the key; round 2: by the low 16 bits, over the values whose high bits are `high_bin`."""
+    keys = _sortable_keys(values)[as_bool_mask(response_mask)]
+    if high_bin is None:
+        bins = keys >> RADIX_BITS
+    else:
+        bins = (keys & (_RADIX_BINS - 1))[(keys >> RADIX_BITS) == high_bin]
+    return torch.bincount(bins, minlength=_RADIX_BINS).to(torch.int64)
+
+
+def radix_step(histogram: torch.Tensor, k: int) -> tuple[int, int]:
+    """(bin holding the k-th largest counted value, its rank k' inside that bin) from a reduced histogram."""
+    from_top = histogram.flip(0).cumsum(0)  # from_top[j] = count in bins >= (2**16 - 1 - j)
+    if k < 1 or k > int(from_top[-1]):
+        raise ValueError(f"k = {k} is outside 1..{int(from_top[-1])} counted values")
+    j = int(torch.searchsorted(from_top, torch.tensor(k, dtype=from_top.dtype, device=from_top.device)))
+    above = int(from_top[j - 1]) if j > 0 else 0
+    return _RADIX_BINS - 1 - j, k - above
+
+
+def radix_value(high_bin: int, low_bin: int) -> torch.Tensor:
+    """The float32 whose key is (high_bin << 16) | low_bin (inverse of the key map)."""
+    key = (high_bin << RADIX_BITS) | low_bin
+    bits = key & 0x7FFFFFFF if key & 0x80000000 else (~key) & 0xFFFFFFFF
+    return torch.tensor([bits - (1 << 32) if bits >= (1 << 31) else bits], dtype=torch.int32).view(torch.float32)[0]
+
+
+def global_forking_threshold(
+    entropy: torch.Tensor,
+    response_mask: torch.Tensor,
+    top_fraction: float,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> torch.Tensor:
+    """The Forking-Tokens threshold over the valid tokens of EVERY rank: the exact k-th largest entropy,
+    k = ceil(top_fraction * N). `all_reduce_sum(t)` must return t summed over the data-parallel ranks (every
+    rank calls this function: three reductions). +inf when no rank has a token (nothing is kept)."""
+    k = forking_k(all_reduce_sum(valid_token_count(response_mask)), top_fraction)
+    if k == 0:
+        return torch.tensor(float("inf"))
+    high, k_low = radix_step(all_reduce_sum(radix_histogram(entropy, response_mask)), k)
+    low, _ = radix_step(all_reduce_sum(radix_histogram(entropy, response_mask, high)), k_low)
+    return radix_value(high, low)

@@ -231,6 +231,7 @@ def policy_split_advantages(
     normalize_by_std: bool = True,
     adv_std_unbiased: bool = True,
     adv_eps: float = 1e-6,
+    adv_estimator: str = "grpo",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-level advantages [N, T] for quarter rows: A on normal-conditioned rows, Ã on HE rows.
 
@@ -240,13 +241,14 @@ def policy_split_advantages(
     vocabulary entropy per position) replaces -log pi when entropy_estimate="entropy".
     eta_normal (the paper's eta', §4.4): normal rows get A + eta' * clip(B_normal) with B_normal the mirrored
     z-score; eta' > 0 pushes the normal mode toward HIGHER entropy. (Authors' code: internal = eta1*B_he -
-    eta2*B_org, i.e. eta2 = -eta'.)
+    eta2*B_org, i.e. eta2 = -eta'.) adv_estimator="rloo" replaces Eq. 2's A by the leave-one-out baseline
+    over the same joint group (algorithms/advantages.py).
     """
     if entropy_estimate not in ENTROPY_ESTIMATES:
         raise ValueError(f"entropy_estimate must be one of {ENTROPY_ESTIMATES}, got {entropy_estimate!r}")
     m = as_bool_mask(response_mask)
     seq_adv = grpo_advantages(rewards, group_ids, normalize_by_std=normalize_by_std,
-                              std_unbiased=adv_std_unbiased, eps=adv_eps)
+                              std_unbiased=adv_std_unbiased, eps=adv_eps, estimator=adv_estimator)
     adv = broadcast_to_tokens(seq_adv, m)
     he_rows = conditioning_mode == HIGH_ENTROPY
     he_tok = m & he_rows.unsqueeze(-1)

@@ -8,6 +8,19 @@ eps_high > eps_low is DAPO's clip-higher (arXiv 2503.14476). Dual clip (Ye et al
 negative-advantage token cannot blow up. `clip_eps_low = clip_eps_high = None` means no clip at all
 (used by ERPD stage 1 and KL-Cov).
 
+Sequence-level ratio (GSPO, arXiv 2507.18071 §4.1/§4.3; `ratio_level="sequence"`): every token of response i
+uses s_i = exp(mean_t (log pi_theta - log pi_old)) (the length-normalised sequence ratio) in the same clipped
+surrogate, written GSPO-token style, s_{i,t} = sg[s_i] * pi_theta(y_t) / sg[pi_theta(y_t)]: its value is s_i
+(so the clip accepts or rejects the whole sequence) and its gradient is s_i * grad log pi_theta(y_t), which
+also carries token-level advantages (Policy Split's Ã). With a constant advantage per sequence and
+"seq-mean-token-mean" aggregation this is GSPO's objective exactly (§4.3).
+
+Per-token weights `pg_weight` (rollout/trainer mismatch correction, algorithms/rollout_correction.py)
+multiply the surrogate term only, never the reference-KL or entropy terms.
+
+The log-ratio is clamped to ±20 nats before exp() in every loss that uses this surrogate (PPO-clip,
+Clip-Cov, KL-Cov, GSPO, ERPD): an overflow guard only. (verl clamps at ±20 in its vanilla PPO loss only.)
+
 Optional reference KL (verl `use_kl_loss`): loss += kl_coef * agg(KL_t(pi_theta || pi_ref)), estimated
 on the sampled tokens with k1 or k3; off by default (kl_coef = 0, Table 8 of arXiv 2604.11510).
 """
@@ -21,8 +34,9 @@ import torch
 from policy_split_megatron.algorithms.aggregation import aggregate_loss
 from policy_split_megatron.algorithms.common import as_bool_mask, kl_per_token, masked_mean
 
-# exp() of a log-ratio above ~20 nats overflows nothing in fp32 but is already meaningless; verl clamps too.
+# exp() of a log-ratio above ~20 nats is already meaningless (and e^89 overflows fp32): an overflow guard.
 _LOG_RATIO_CLAMP = 20.0
+RATIO_LEVELS = ("token", "sequence")
 
 
 @dataclass
@@ -48,10 +62,26 @@ def clipped_surrogate(
     clip_eps_low: float | None = 0.2,
     clip_eps_high: float | None = 0.2,
     dual_clip_c: float | None = None,
+    ratio_level: str = "token",
+    response_mask: torch.Tensor | None = None,
 ) -> PGTerms:
-    """Per-token PPO-clip loss terms; `advantages` is [B, T] or [B] (broadcast) and is used detached."""
+    """Per-token PPO-clip loss terms; `advantages` is [B, T] or [B] (broadcast) and is used detached.
+
+    ratio_level="sequence" (GSPO) needs `response_mask` to know each response's tokens.
+    """
     adv = _token_advantages(advantages, log_probs).detach()
-    log_ratio = (log_probs - old_log_probs.detach()).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    log_ratio = log_probs - old_log_probs.detach()
+    if ratio_level == "sequence":
+        if response_mask is None:
+            raise ValueError("ratio_level='sequence' (GSPO) needs the response_mask")
+        # log s_i = mean over the response of the token log-ratios (GSPO §4.1); value s_i, gradient per token
+        log_seq = masked_mean(log_ratio.detach(), as_bool_mask(response_mask), dim=-1)
+        log_seq = log_seq.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP).unsqueeze(-1)
+        log_ratio = log_seq + (log_probs - log_probs.detach())
+    elif ratio_level == "token":
+        log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    else:
+        raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     if clip_eps_low is None and clip_eps_high is None:
@@ -69,6 +99,13 @@ def clipped_surrogate(
         dual = (adv < 0) & (loss > cap)
         loss = torch.where(dual, cap, loss)
     return PGTerms(loss=loss, ratio=ratio, unclipped_loss=unclipped, clipped=clipped, dual_clipped=dual)
+
+
+def weighted(per_token_loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """per_token_loss * weight.detach() (weight None = unweighted); padding weights are never read."""
+    if weight is None:
+        return per_token_loss
+    return per_token_loss * weight.detach().to(per_token_loss.dtype)
 
 
 def ppo_metrics(terms: PGTerms, log_probs, old_log_probs, advantages, response_mask) -> dict[str, torch.Tensor]:
@@ -117,17 +154,21 @@ def ppo_clip_loss(
     ref_log_probs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    ratio_level: str = "token",
+    pg_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped policy-gradient loss (+ optional reference KL) for one micro-batch.
 
     `gradient_mask` (optional [B, T] bool): tokens outside it contribute zero loss but still count in the
-    denominator (Forking Tokens). Returns (loss, metrics); loss is already divided by the global denominator.
+    denominator (Forking Tokens). `pg_weight` (optional [B, T], detached): per-token weights of the
+    surrogate (rollout correction). Returns (loss, metrics); loss is already divided by the global denominator.
     """
     terms = clipped_surrogate(
         log_probs, old_log_probs, advantages,
         clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, dual_clip_c=dual_clip_c,
+        ratio_level=ratio_level, response_mask=response_mask,
     )
-    per_token = terms.loss
+    per_token = weighted(terms.loss, pg_weight)
     if gradient_mask is not None:
         per_token = per_token * as_bool_mask(gradient_mask).to(per_token.dtype)
     loss = aggregate_loss(per_token, response_mask, agg_mode, global_denominator)

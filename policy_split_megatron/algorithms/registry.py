@@ -8,8 +8,14 @@
             loss, metrics = compute_loss(cfg, MicroBatch(...), global_denominator=d, step=step)
             loss.backward()                                  # grads SUMMED over micro-batches and DP ranks
 
-`adv.response_mask` replaces the rollout mask from then on (it only differs for ERPD "ce", which trains on
-positive responses only) and `adv.gradient_mask` goes into MicroBatch unchanged (Forking Tokens).
+`adv.response_mask` replaces the rollout mask from then on (it differs for ERPD "ce", which trains on
+positive responses only, for DAPO's overlong filtering and for the "mask" rollout correction), and
+`adv.gradient_mask` (Forking Tokens) and `adv.rollout_weights` (truncated importance sampling of the
+rollout/trainer mismatch) go into MicroBatch row by row.
+
+Global (data-parallel) statistics are computed by the trainer and passed in: the loss denominator, the
+covariance centering means, the Forking-Tokens threshold (`entropy_baselines.global_forking_threshold`)
+and EDGE's batch-mean entropy (`entropy_baselines.response_entropy_stats`). `requirements(cfg)` says which.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from policy_split_megatron.algorithms import covariance, entropy_baselines as eb, erpd
+from policy_split_megatron.algorithms import covariance, dapo, entropy_baselines as eb, erpd, rollout_correction as rc
 from policy_split_megatron.algorithms.advantages import broadcast_to_tokens, grpo_advantages
 from policy_split_megatron.algorithms.aggregation import local_loss_denominator
 from policy_split_megatron.algorithms.common import as_bool_mask, masked_mean
@@ -44,7 +50,11 @@ class RolloutBatch:
     partner_index: Tensor | None = None  # [B]
     teacher_log_probs: Tensor | Sequence[Tensor] | None = None  # ERPD stage 2: one [B, T] per teacher
     teacher_ref_log_probs: Tensor | Sequence[Tensor] | None = None  # ERPD "reference_corrected": each teacher's T0
-    forking_threshold: float | Tensor | None = None  # Forking Tokens: a threshold computed elsewhere (global)
+    forking_threshold: float | Tensor | None = None  # Forking Tokens: eb.global_forking_threshold over all DP ranks
+    batch_mean_entropy: float | Tensor | None = None  # EDGE "batch": eb.batch_mean_entropy_from_stats (all DP ranks)
+    engine_log_probs: Tensor | None = None  # [B, T] the engine's log-prob of each sampled token (rollout correction)
+    truncated: Tensor | None = None  # [B] bool: the engine stopped at its length limit (DAPO overlong filtering)
+    max_response_length: int | Tensor | None = None  # L_max of the soft overlong penalty: int, or [B] per row
 
 
 @dataclass
@@ -52,6 +62,7 @@ class AdvantageResult:
     advantages: Tensor  # [B, T] token-level, 0 on padding
     response_mask: Tensor  # [B, T] bool: the tokens of the loss AND of the denominator from now on
     gradient_mask: Tensor | None = None  # [B, T] bool: only these carry gradient (others still count)
+    rollout_weights: Tensor | None = None  # [B, T] truncated IS weights of the rollout correction (None = 1)
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -63,7 +74,8 @@ class MicroBatch:
     response_mask: Tensor  # [b, T] rows of AdvantageResult.response_mask
     gradient_mask: Tensor | None = None  # rows of AdvantageResult.gradient_mask
     entropy: Tensor | None = None  # [b, T] current full-vocabulary entropy (entropy_reg needs its gradient)
-    ref_log_probs: Tensor | None = None  # [b, T] reference policy (ppo.kl_coef > 0; ERPD "mse" reference)
+    ref_log_probs: Tensor | None = None  # [b, T] frozen reference (ppo.kl_coef > 0; ERPD stage-1 "mse" anchor)
+    rollout_weights: Tensor | None = None  # rows of AdvantageResult.rollout_weights
 
 
 @dataclass(frozen=True)
@@ -72,25 +84,38 @@ class Requirements:
 
     old_entropy: bool = False  # RolloutBatch.old_entropy
     current_entropy: bool = False  # MicroBatch.entropy
-    ref_log_probs: bool = False  # MicroBatch.ref_log_probs
+    ref_log_probs: bool = False  # MicroBatch.ref_log_probs (the frozen reference/base model's log-probs)
     quarters: bool = False  # Policy Split rows (conditioning_mode, source_mode, partner_index)
     teacher_log_probs: bool = False  # RolloutBatch.teacher_log_probs
     centering_means: bool = False  # compute_loss(centering_means=...) from all-reduced stats
+    engine_log_probs: bool = False  # RolloutBatch.engine_log_probs (rollout correction)
+    truncated: bool = False  # RolloutBatch.truncated (DAPO overlong filtering)
+    max_response_length: bool = False  # RolloutBatch.max_response_length (DAPO soft overlong penalty)
+    forking_threshold: bool = False  # RolloutBatch.forking_threshold from eb.global_forking_threshold (DP)
+    batch_mean_entropy: bool = False  # RolloutBatch.batch_mean_entropy from all-reduced eb.response_entropy_stats
+    dynamic_sampling: bool = False  # drop uniform-reward groups (dapo.dynamic_sampling_keep) and regenerate
 
 
 def requirements(cfg: AlgorithmConfig) -> Requirements:
     name = cfg.name
+    erpd_mse = name == "erpd" and cfg.erpd.stage == 1 and cfg.erpd.stage1_objective == "mse"
     return Requirements(
         old_entropy=name in ("entropy_driven_adv", "forking_tokens")
         or (name == "entropy_adv" and cfg.entropy_adv.entropy_source == "old")
         or (name == "policy_split" and cfg.policy_split.entropy_estimate == "entropy"),
         current_entropy=name == "entropy_reg"
         or (name == "entropy_adv" and cfg.entropy_adv.entropy_source == "current"),
-        ref_log_probs=(name != "erpd" and cfg.ppo.kl_coef > 0),
+        ref_log_probs=(name != "erpd" and cfg.ppo.kl_coef > 0) or erpd_mse,
         quarters=name == "policy_split",
         teacher_log_probs=name == "erpd" and cfg.erpd.stage == 2,
         centering_means=(name == "clip_cov" and cfg.clip_cov.centering == "global")
         or (name == "kl_cov" and cfg.kl_cov.centering == "global"),
+        engine_log_probs=cfg.rollout_correction.enabled,
+        truncated=cfg.dapo.overlong_filtering,
+        max_response_length=cfg.dapo.overlong_buffer > 0,
+        forking_threshold=name == "forking_tokens",
+        batch_mean_entropy=name == "entropy_driven_adv" and cfg.entropy_driven_adv.normalizer == "batch",
+        dynamic_sampling=cfg.dapo.dynamic_sampling,
     )
 
 
@@ -104,21 +129,23 @@ def compute_advantages(cfg: AlgorithmConfig, batch: RolloutBatch) -> AdvantageRe
     """Token-level advantages (and masks) for a whole rollout batch."""
     mask = as_bool_mask(batch.response_mask)
     a = cfg.advantage
-    seq_adv = grpo_advantages(batch.rewards, batch.group_ids, normalize_by_std=a.normalize_by_std,
-                              std_unbiased=a.std_unbiased, eps=a.eps)
+    rewards, shaping_metrics = _shaped_rewards(cfg, batch, mask)
+    seq_adv = grpo_advantages(rewards, batch.group_ids, normalize_by_std=a.normalize_by_std,
+                              std_unbiased=a.std_unbiased, eps=a.eps, estimator=a.estimator)
     adv = broadcast_to_tokens(seq_adv, mask)
     result = AdvantageResult(advantages=adv, response_mask=mask)
     name = cfg.name
     if name == "policy_split":
         ps = cfg.policy_split
         result.advantages, result.metrics = policy_split_advantages(
-            batch.rewards, batch.group_ids, mask,
+            rewards, batch.group_ids, mask,
             _need(batch.conditioning_mode, "RolloutBatch.conditioning_mode (QuarterBatch)", cfg),
             _need(batch.partner_index, "RolloutBatch.partner_index (QuarterBatch)", cfg),
             old_log_probs=batch.old_log_probs, old_entropy=batch.old_entropy,
             eta=ps.eta, eta_normal=ps.eta_normal, kappa=ps.kappa, alpha=ps.alpha, clamp_order=ps.clamp_order,
             entropy_estimate=ps.entropy_estimate, zscore_unbiased=ps.zscore_unbiased, zscore_eps=ps.zscore_eps,
             normalize_by_std=a.normalize_by_std, adv_std_unbiased=a.std_unbiased, adv_eps=a.eps,
+            adv_estimator=a.estimator,
         )
         if batch.source_mode is not None and batch.old_log_probs is not None:
             result.metrics.update(inter_mode_kl(batch.old_log_probs, mask, batch.conditioning_mode,
@@ -131,7 +158,8 @@ def compute_advantages(cfg: AlgorithmConfig, batch: RolloutBatch) -> AdvantageRe
     elif name == "entropy_driven_adv":
         eda, result.metrics = eb.entropy_driven_advantages(
             seq_adv, _need(batch.old_entropy, "RolloutBatch.old_entropy", cfg), mask, batch.group_ids,
-            normalizer=cfg.entropy_driven_adv.normalizer, eps=cfg.entropy_driven_adv.eps)
+            normalizer=cfg.entropy_driven_adv.normalizer, eps=cfg.entropy_driven_adv.eps,
+            batch_mean_entropy=batch.batch_mean_entropy)
         result.advantages = broadcast_to_tokens(eda, mask)
     elif name == "forking_tokens":
         result.gradient_mask, threshold = eb.forking_token_mask(
@@ -149,15 +177,49 @@ def compute_advantages(cfg: AlgorithmConfig, batch: RolloutBatch) -> AdvantageRe
                 teacher_ref_log_probs=batch.teacher_ref_log_probs)
         elif e.stage1_objective == "ce":
             result.advantages, result.response_mask = erpd.stage1_ce_weights(
-                batch.rewards, seq_adv, mask, reward_threshold=e.ce_reward_threshold,
+                rewards, seq_adv, mask, reward_threshold=e.ce_reward_threshold,
                 advantage_weighted=e.ce_advantage_weighted)
+    result.metrics.update(shaping_metrics)
+    if cfg.dapo.overlong_filtering:
+        truncated = _need(batch.truncated, "RolloutBatch.truncated (dapo.overlong_filtering)", cfg)
+        result.response_mask = dapo.overlong_filter_mask(result.response_mask, truncated)
+        result.metrics["dapo/overlong_filtered_frac"] = truncated.float().mean()
+    if cfg.rollout_correction.enabled:
+        _correct_rollout(cfg, batch, mask, result)
     result.metrics.setdefault("adv_mean", masked_mean(result.advantages, result.response_mask))
     return result
 
 
+def _shaped_rewards(cfg: AlgorithmConfig, batch: RolloutBatch, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """The rewards the advantage sees: the task rewards plus DAPO's soft overlong penalty (Eq. 13) when on."""
+    if cfg.dapo.overlong_buffer == 0:
+        return batch.rewards, {}
+    limit = _need(batch.max_response_length, "RolloutBatch.max_response_length (dapo.overlong_buffer > 0)", cfg)
+    penalty = dapo.soft_overlong_penalty(mask.sum(-1), limit, cfg.dapo.overlong_buffer,
+                                         penalty_factor=cfg.dapo.overlong_penalty_factor).to(batch.rewards.device)
+    return batch.rewards + penalty, {"dapo/overlong_penalty_mean": penalty.mean(),
+                                     "dapo/overlong_penalized_frac": (penalty < 0).float().mean()}
+
+
+def _correct_rollout(cfg: AlgorithmConfig, batch: RolloutBatch, mask: Tensor, result: AdvantageResult) -> None:
+    """Rollout/trainer mismatch (rollout_correction.py): weights (truncate) or a smaller loss mask (mask)."""
+    c = cfg.rollout_correction
+    engine = _need(batch.engine_log_probs, "RolloutBatch.engine_log_probs (rollout_correction.enabled)", cfg)
+    old = _need(batch.old_log_probs, "RolloutBatch.old_log_probs (rollout correction)", cfg)
+    behaviour = rc.source_conditioned_log_probs(old, mask, batch.conditioning_mode, batch.source_mode,
+                                                batch.partner_index)
+    weights, kept, metrics = rc.correction_weights(behaviour, engine, mask, level=c.level, mode=c.mode,
+                                                   cap=c.cap, lower=c.lower, upper=c.upper)
+    result.metrics.update(metrics)
+    if c.mode == "truncate":
+        result.rollout_weights = weights
+    else:
+        result.response_mask = result.response_mask & kept
+
+
 def loss_denominator(cfg: AlgorithmConfig, response_mask: Tensor) -> Tensor:
     """This micro-batch's contribution to the global loss denominator (all-reduce SUM over DP)."""
-    return local_loss_denominator(response_mask, cfg.loss_agg_mode)
+    return local_loss_denominator(response_mask, cfg.loss_agg_mode, cfg.loss_norm_length)
 
 
 def compute_loss(
@@ -175,16 +237,18 @@ def compute_loss(
     mask = as_bool_mask(mb.response_mask)
     if name == "erpd":
         return _erpd_loss(cfg, mb, mask, common)
+    weight = mb.rollout_weights  # rollout correction: multiplies the policy-gradient term of every loss
     if name == "clip_cov":
         loss, metrics = covariance.clip_cov_loss(
             mb.log_probs, mb.old_log_probs, mb.advantages, mask, clip_eps_low=p.clip_eps_low,
             clip_eps_high=p.clip_eps_high, ratio=cfg.clip_cov.ratio, lb=cfg.clip_cov.lb, ub=cfg.clip_cov.ub,
-            generator=generator, centering_means=_centering(cfg.clip_cov.centering, centering_means, cfg), **common)
+            generator=generator, centering_means=_centering(cfg.clip_cov.centering, centering_means, cfg),
+            pg_weight=weight, **common)
     elif name == "kl_cov":
         loss, metrics = covariance.kl_cov_loss(
             mb.log_probs, mb.old_log_probs, mb.advantages, mask, ratio=cfg.kl_cov.ratio,
             beta=cfg.kl_cov.beta.value(step),
-            centering_means=_centering(cfg.kl_cov.centering, centering_means, cfg), **common)
+            centering_means=_centering(cfg.kl_cov.centering, centering_means, cfg), pg_weight=weight, **common)
     else:
         advantages = mb.advantages
         if name == "entropy_adv" and cfg.entropy_adv.entropy_source == "current":
@@ -193,7 +257,8 @@ def compute_loss(
                 alpha=cfg.entropy_adv.alpha, kappa=cfg.entropy_adv.kappa)
         loss, metrics = ppo_clip_loss(
             mb.log_probs, mb.old_log_probs, advantages, mask, clip_eps_low=p.clip_eps_low,
-            clip_eps_high=p.clip_eps_high, dual_clip_c=p.dual_clip_c, gradient_mask=mb.gradient_mask, **common)
+            clip_eps_high=p.clip_eps_high, dual_clip_c=p.dual_clip_c, gradient_mask=mb.gradient_mask,
+            ratio_level=p.ratio_level, pg_weight=weight, **common)
         if name == "entropy_reg":
             term, extra = eb.entropy_bonus_loss(_need(mb.entropy, "MicroBatch.entropy", cfg), mask,
                                                 coef=cfg.entropy_reg.coef.value(step), **common)
@@ -228,10 +293,13 @@ def _erpd_loss(cfg: AlgorithmConfig, mb: MicroBatch, mask: Tensor, common: dict)
     elif e.stage1_objective == "ce":
         loss, metrics = erpd.stage1_ce_loss(mb.log_probs, mb.advantages, mask, **common)
     else:
-        # The reference of the log-ratio is the un-trained policy: its log-probs are the stored ones
-        # unless the trainer passes another reference explicitly.
-        ref = mb.ref_log_probs if mb.ref_log_probs is not None else mb.old_log_probs
+        # The anchor of the log-ratio is the FROZEN base (the un-trained policy), never pi_old: pi_old moves
+        # with every step, so anchoring on it would regress each step's log-ratio to s*A anew.
+        ref = _need(mb.ref_log_probs, "MicroBatch.ref_log_probs (the frozen base) for stage1_objective='mse'", cfg)
         loss, metrics = erpd.stage1_mse_loss(mb.log_probs, ref, mb.advantages, mask,
                                              target_scale=e.mse_target_scale, **common)
-    metrics.update({k: v for k, v in erpd.kl_to_base(mb.log_probs, mb.old_log_probs, mask).items()})
+    # KL to the base: stage 2's pi_old IS the base; stage-1 "mse" has the base as its reference; otherwise the
+    # base is not scored and the stored pi_old stands in for it.
+    base = mb.ref_log_probs if mb.ref_log_probs is not None else mb.old_log_probs
+    metrics.update(erpd.kl_to_base(mb.log_probs, base, mask))
     return loss, metrics

@@ -2,13 +2,18 @@
 
 Each rank takes its rows (uneven: 1 row vs 4 rows in two micro-batches), the loss denominator is
 all-reduced (SUM), each micro-batch is backpropagated, the gradients are all-reduced (SUM), and the result
-equals the single-process gradient of the full batch, for every aggregation mode. Also: covariance
-"global" centering from all-reduced statistics equals centering over the full batch.
+equals the single-process gradient of the full batch, for every aggregation mode. Also, from statistics
+all-reduced over the two ranks, each equal to its full-batch value: covariance "global" centering, the
+Forking-Tokens threshold (exact k-th largest entropy), EDGE's batch-mean entropy and the rollout-mismatch
+metrics.
 """
 
+import pytest
 import torch
 import torch.distributed as dist
 
+from policy_split_megatron.algorithms import entropy_baselines as eb
+from policy_split_megatron.algorithms import rollout_correction as rc
 from policy_split_megatron.algorithms.aggregation import LOSS_AGG_MODES, local_loss_denominator
 from policy_split_megatron.algorithms.covariance import (
     centering_means_from_stats,
@@ -40,7 +45,7 @@ def _log_probs(w, feats, tokens):
 def _grad(micro_batches, mode, all_reduce: bool):
     feats, tokens, mask, old, adv, weight = _problem()
     w = weight.clone().requires_grad_(True)
-    denom = sum(local_loss_denominator(mask[rows], mode) for rows in micro_batches)
+    denom = sum(local_loss_denominator(mask[rows], mode, norm_length=6) for rows in micro_batches)
     if all_reduce:
         dist.all_reduce(denom, op=dist.ReduceOp.SUM)
     for rows in micro_batches:
@@ -62,7 +67,23 @@ def _rank_body(rank, world_size):
     stats = covariance_centering_stats(adv[rows], lp, mask[rows])
     dist.all_reduce(stats, op=dist.ReduceOp.SUM)
     out["cov"] = (rows, token_covariance(adv[rows], lp, mask[rows], centering_means_from_stats(stats)))
+
+    def dp_sum(t):
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    entropy = _entropy(feats, weight)
+    out["forking"] = eb.global_forking_threshold(entropy[rows], mask[rows], 0.3, dp_sum)
+    out["eda_mean"] = eb.batch_mean_entropy_from_stats(dp_sum(eb.response_entropy_stats(entropy[rows], mask[rows])))
+    sums, top = rc.mismatch_stats(old[rows], old[rows] + lp.detach(), mask[rows])
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    out["mismatch"] = rc.mismatch_metrics_from_stats(dp_sum(sums), top)
     return out
+
+
+def _entropy(feats, weight):
+    logp = torch.log_softmax(feats @ weight, -1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 def test_dp_gradient_equals_full_batch_gradient_for_every_mode():
@@ -79,3 +100,11 @@ def test_dp_gradient_equals_full_batch_gradient_for_every_mode():
         if rank == 0:  # a rank's own micro-batch centering differs: global centering is not a no-op here
             local = token_covariance(adv[rows], _log_probs(weight, feats[rows], tokens[rows]), mask[rows])
             assert not torch.allclose(local, cov)
+    entropy = _entropy(feats, weight)
+    _, threshold = eb.forking_token_mask(entropy, mask, top_fraction=0.3)
+    mean_p, _ = eb.response_entropy_stats(entropy, mask)
+    mismatch = rc.mismatch_metrics_from_stats(*rc.mismatch_stats(old, old + _log_probs(weight, feats, tokens), mask))
+    for rank in range(2):
+        assert results[rank]["forking"].item() == threshold.item()
+        assert results[rank]["eda_mean"].item() == pytest.approx(mean_p.item() / mask.any(-1).sum().item())
+        assert results[rank]["mismatch"] == pytest.approx(mismatch)

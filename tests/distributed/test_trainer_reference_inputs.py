@@ -129,3 +129,18 @@ def test_global_centering_gives_the_same_update_at_dp_1_and_dp_2(tmp_path):
     (means2a, norm2a), (means2b, norm2b) = run_distributed(_one_update, 2, model_dir, "global", tp=1)
     assert means2a == pytest.approx(means1, rel=1e-6) and means2b == pytest.approx(means1, rel=1e-6)
     assert norm2a == pytest.approx(norm1, rel=1e-5) and norm2b == pytest.approx(norm1, rel=1e-5)
+
+
+def test_erpd_stage_1_mse_is_anchored_on_the_frozen_base(tmp_path):
+    """requirements() asks for the reference when stage 1 uses "mse", so the trainer scores the frozen base
+    and the loss regresses log pi - log pi_base: after one update, step 2's pi_old has moved away from the
+    base, and the KL to the base (computed before step 2's update, where pi == pi_old) is no longer 0. Had
+    the anchor been pi_old, it would be exactly 0 at every step."""
+    run = tmp_path / "run"
+    run_distributed(_train, 1, QUICK + ONE_UPDATE_PER_STEP + [
+        f"logging.dir='{run}'", "train.steps=2", "algorithm.name=erpd", "algorithm.erpd.stage1_objective=mse",
+        "rollout.n_explore=0", "optimizer.lr=1e-3"], tp=1)
+    rl = _rl_rows(run)
+    assert (run / "reference" / "config.json").exists()
+    assert abs(rl[0]["train/kl_to_base_k1"]) < 1e-6 and abs(rl[0]["reference/kl_k1_old"]) < 1e-6
+    assert abs(rl[1]["reference/kl_k1_old"]) > 1e-6 and abs(rl[1]["train/kl_to_base_k1"]) > 1e-6

@@ -16,10 +16,11 @@ MASK = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])  # 7.0 = padding
         ("token-mean", 4, (1 + 2 + 3 + 4) / 4),  # 4 valid tokens
         ("seq-mean-token-mean", 2, ((1 + 2 + 3) / 3 + 4 / 1) / 2),  # 2 non-empty sequences
         ("seq-mean-token-sum", 2, ((1 + 2 + 3) + 4) / 2),
+        ("seq-mean-token-sum-norm", 2 * 8, ((1 + 2 + 3) / 8 + 4 / 8) / 2),  # Dr. GRPO: constant L = 8
     ],
 )
 def test_modes_by_hand(mode, denominator, expected):
-    assert local_loss_denominator(MASK, mode).item() == denominator
+    assert local_loss_denominator(MASK, mode, norm_length=8).item() == denominator
     assert aggregate_loss(LOSS, MASK, mode, denominator).item() == pytest.approx(expected)
 
 
@@ -28,6 +29,23 @@ def test_zero_denominator_gives_zero_loss_with_finite_gradient():
     loss = aggregate_loss(x, torch.zeros(1, 2), "token-mean", 0)
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros(1, 2))
+
+
+def test_token_mean_is_dapo_token_level_loss_and_weighs_long_sequences_more():
+    # DAPO Eq. 12: sum over all tokens of all sequences / total tokens. A sequence of 3 tokens carries 3/4
+    # of the loss, whereas the per-sequence mean (GRPO's sample-level loss) gives it 1/2.
+    assert aggregate_loss(LOSS, MASK, "token-mean", 4).item() == pytest.approx((1 + 2 + 3 + 4) / 4)
+    grad = torch.zeros_like(LOSS, requires_grad=True)
+    aggregate_loss(grad, MASK, "token-mean", 4).backward()
+    assert grad.grad[0, :3].sum().item() == pytest.approx(3 / 4) and grad.grad[1, 0].item() == pytest.approx(1 / 4)
+    seq = torch.zeros_like(LOSS, requires_grad=True)
+    aggregate_loss(seq, MASK, "seq-mean-token-mean", 2).backward()
+    assert seq.grad[0, :3].sum().item() == pytest.approx(1 / 2)
+
+
+def test_normalised_mode_needs_its_constant():
+    with pytest.raises(ValueError, match="norm_length"):
+        local_loss_denominator(MASK, "seq-mean-token-sum-norm")
 
 
 def test_unknown_mode_is_rejected():
@@ -50,7 +68,7 @@ def _toy_problem():
 
 def _grad(weight, feats, tokens, mask, old, adv, mode, splits):
     w = weight.clone().requires_grad_(True)
-    denom = sum(local_loss_denominator(mask[rows], mode) for rows in splits)
+    denom = sum(local_loss_denominator(mask[rows], mode, norm_length=6) for rows in splits)
     for rows in splits:
         lp = torch.log_softmax(feats[rows] @ w, -1).gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1)
         loss, _ = ppo_clip_loss(lp, old[rows], adv[rows], mask[rows], global_denominator=denom, agg_mode=mode)
@@ -69,6 +87,6 @@ def test_gradient_does_not_depend_on_micro_batching(mode):
     w = weight.clone().requires_grad_(True)
     for rows in (torch.tensor([0]), torch.tensor([1, 2, 3, 4])):
         lp = torch.log_softmax(feats[rows] @ w, -1).gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1)
-        local = local_loss_denominator(mask[rows], mode)
+        local = local_loss_denominator(mask[rows], mode, norm_length=6)
         (ppo_clip_loss(lp, old[rows], adv[rows], mask[rows], global_denominator=local, agg_mode=mode)[0] / 2).backward()
     assert not torch.allclose(w.grad, full)

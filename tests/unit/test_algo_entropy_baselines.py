@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from policy_split_megatron.algorithms import entropy_baselines as eb
 from policy_split_megatron.algorithms.entropy_baselines import (
     entropy_bonus_loss,
     entropy_driven_advantages,
@@ -60,3 +61,60 @@ def test_forking_tokens_keep_the_top_fraction_of_valid_tokens():
     assert int(sel.sum()) == 3
     sel, _ = forking_token_mask(h, mask, threshold=0.45)  # a threshold computed elsewhere
     assert int(sel.sum()) == 6
+
+
+# -- global statistics: two halves reduced equal the whole batch --------------------------------------
+
+
+def _entropy_batch(seed, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.rand(8, 7, generator=g) * 3
+    if ties:
+        h = torch.round(h * 2) / 2  # many equal values, some exact zeros
+        h[0, 0] = -1e-7  # a slightly negative entropy from rounding must still sort below 0
+    mask = torch.rand(8, 7, generator=g) > 0.3
+    return h, mask
+
+
+def _two_rank_threshold(h, mask, top_fraction):
+    """The radix-select protocol driven by hand for two 'ranks' (rows 0-2 and 3-7): SUM = adding."""
+    halves = [(h[:3], mask[:3]), (h[3:], mask[3:])]
+    k = eb.forking_k(sum(eb.valid_token_count(m) for _, m in halves), top_fraction)
+    high, k_low = eb.radix_step(sum(eb.radix_histogram(x, m) for x, m in halves), k)
+    low, _ = eb.radix_step(sum(eb.radix_histogram(x, m, high) for x, m in halves), k_low)
+    return eb.radix_value(high, low)
+
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
+@pytest.mark.parametrize("top_fraction", [0.01, 0.2, 0.5, 1.0])
+def test_forking_threshold_from_two_halves_equals_the_whole_batch(seed, ties, top_fraction):
+    h, mask = _entropy_batch(seed, ties)
+    whole_mask, whole = eb.forking_token_mask(h, mask, top_fraction=top_fraction)
+    assert _two_rank_threshold(h, mask, top_fraction).item() == whole.item()
+    assert eb.global_forking_threshold(h, mask, top_fraction).item() == whole.item()  # one rank: identity reducer
+    top_half_mask, _ = eb.forking_token_mask(h[:3], mask[:3], threshold=_two_rank_threshold(h, mask, top_fraction))
+    torch.testing.assert_close(top_half_mask, whole_mask[:3])
+    # a per-rank threshold (what a trainer gets without reducing) is a different selection
+    if top_fraction == 0.2 and not ties:
+        local = [eb.forking_token_mask(x, m, top_fraction=top_fraction)[1].item()
+                 for x, m in ((h[:3], mask[:3]), (h[3:], mask[3:]))]
+        assert any(t != whole.item() for t in local)
+
+
+def test_forking_threshold_without_any_token_keeps_nothing():
+    h, mask = _entropy_batch(0)
+    assert eb.global_forking_threshold(h, torch.zeros_like(mask), 0.2).item() == float("inf")
+
+
+def test_edge_batch_mean_entropy_from_two_halves_equals_the_whole():
+    h, mask = _entropy_batch(3)
+    mask[5] = False  # a response without tokens counts in neither sum
+    stats = eb.response_entropy_stats(h[:3], mask[:3]) + eb.response_entropy_stats(h[3:], mask[3:])
+    p = torch.stack([h[i][mask[i]].mean() for i in range(8) if mask[i].any()])
+    assert eb.batch_mean_entropy_from_stats(stats).item() == pytest.approx(p.mean().item())
+    adv = torch.randn(8, generator=torch.Generator().manual_seed(4))
+    groups = torch.zeros(8, dtype=torch.long)
+    whole, _ = eb.entropy_driven_advantages(adv, h, mask, groups, normalizer="batch")
+    half, _ = eb.entropy_driven_advantages(adv[:3], h[:3], mask[:3], groups[:3], normalizer="batch",
+                                           batch_mean_entropy=eb.batch_mean_entropy_from_stats(stats))
+    torch.testing.assert_close(half, whole[:3])

@@ -87,6 +87,14 @@ def test_requirements():
     assert requirements(AlgorithmConfig(name="erpd", erpd=ERPDConfig(stage=2))).teacher_log_probs
     assert requirements(AlgorithmConfig(name="kl_cov", kl_cov=KLCovConfig(centering="global"))).centering_means
     assert requirements(AlgorithmConfig(name="grpo", ppo=PPOConfig(kl_coef=0.01))).ref_log_probs
+    # global statistics the trainer must reduce over data-parallel ranks
+    assert requirements(AlgorithmConfig(name="forking_tokens")).forking_threshold
+    assert not requirements(AlgorithmConfig(name="entropy_driven_adv")).batch_mean_entropy  # "group": local
+    assert requirements(config_from_dict(AlgorithmConfig, {"name": "entropy_driven_adv",
+                                                           "entropy_driven_adv": {"normalizer": "batch"}})).batch_mean_entropy
+    plain = requirements(AlgorithmConfig(name="grpo"))
+    assert not (plain.engine_log_probs or plain.truncated or plain.max_response_length or plain.dynamic_sampling
+                or plain.forking_threshold or plain.ref_log_probs)
 
 
 def test_grpo_routes_to_ppo_clip():
@@ -134,7 +142,20 @@ def test_entropy_driven_and_forking_tokens():
                                           rollout.response_mask, rollout.group_ids)
     torch.testing.assert_close(adv.advantages, broadcast_to_tokens(eda, rollout.response_mask))
 
+    # "batch": the global mean P the trainer reduced over ranks is the one used
+    cfg = config_from_dict(AlgorithmConfig, {"name": "entropy_driven_adv", "entropy_driven_adv": {"normalizer": "batch"}})
+    rollout.batch_mean_entropy = torch.tensor(1.7)
+    eda, _ = eb.entropy_driven_advantages(grpo_advantages(rollout.rewards, rollout.group_ids), rollout.old_entropy,
+                                          rollout.response_mask, rollout.group_ids, normalizer="batch",
+                                          batch_mean_entropy=1.7)
+    torch.testing.assert_close(compute_advantages(cfg, rollout).advantages, broadcast_to_tokens(eda, rollout.response_mask))
+    rollout.batch_mean_entropy = None
+
     cfg = AlgorithmConfig(name="forking_tokens", forking_tokens=ForkingTokensConfig(top_fraction=0.25))
+    rollout.forking_threshold = torch.tensor(2.0)  # a global threshold is used as given
+    given = compute_advantages(cfg, rollout).gradient_mask
+    assert torch.equal(given, rollout.response_mask & (rollout.old_entropy >= 2.0))
+    rollout.forking_threshold = None
     adv, (loss, _) = _loss(cfg, rollout, lp)
     assert int(adv.gradient_mask.sum()) == 5  # ceil(0.25 * 20 valid tokens)
     loss.backward()
@@ -188,11 +209,19 @@ def test_erpd_routes():
     assert int(adv.response_mask.sum()) == 11 and not adv.response_mask[[1, 4, 5]].any()
     rows = torch.tensor([0, 2, 3])
     assert loss.item() == pytest.approx((-(lp[rows] * rollout.response_mask[rows]).sum() / 11).item())
-    # stage 1, mse: the reference defaults to the stored (base) log-probs
-    _, (loss, _) = _loss(AlgorithmConfig(name="erpd", erpd=ERPDConfig(stage1_objective="mse")), rollout, lp)
-    direct, _ = erpd.stage1_mse_loss(lp, rollout.old_log_probs, _grpo_tokens(rollout), rollout.response_mask,
-                                     target_scale=0.1, agg_mode="token-mean", global_denominator=n)
-    assert loss.item() == pytest.approx(direct.item())
+    # stage 1, mse: anchored on the FROZEN base (ref_log_probs), never on pi_old; refused without it
+    mse = AlgorithmConfig(name="erpd", erpd=ERPDConfig(stage1_objective="mse"))
+    assert requirements(mse).ref_log_probs and not requirements(AlgorithmConfig(name="erpd")).ref_log_probs
+    with pytest.raises(ValueError, match="frozen base"):
+        _loss(mse, rollout, lp)
+    base = rollout.old_log_probs - 0.3  # pi_old has moved away from the base
+    _, (loss, m) = _loss(mse, rollout, lp, ref_log_probs=base)
+    a = _grpo_tokens(rollout)
+    by_hand = (0.5 * (lp - base - 0.1 * a) ** 2)[rollout.response_mask].sum() / n
+    assert loss.item() == pytest.approx(by_hand.item())
+    anchored_on_old = (0.5 * (lp - rollout.old_log_probs - 0.1 * a) ** 2)[rollout.response_mask].sum() / n
+    assert abs(loss.item() - anchored_on_old.item()) > 1e-3  # the test can tell the two anchors apart
+    assert m["kl_to_base_k1"].item() == pytest.approx(erpd.kl_to_base(lp, base, rollout.response_mask)["kl_to_base_k1"].item())
     # stage 2: the teacher signal becomes the advantage of the distillation loss around the base
     teachers = [rollout.old_log_probs + 0.2, rollout.old_log_probs - 0.1]
     rollout.teacher_log_probs = teachers
