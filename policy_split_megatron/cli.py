@@ -6,6 +6,7 @@
     policy-split evaluate PATH [--config] [overrides]   both modes of a checkpoint or HF folder
     policy-split plot     RUN_DIR                  curves.png of a run
     policy-split convert  to-hf|from-hf ...        checkpoint <-> Hugging Face folder (docs/conversion.md)
+    policy-split prepare-data DATASET FILE... -o OUT.jsonl   hub files -> prompt records (docs/data.md)
     policy-split check                             Megatron vs transformers parity of each model family
 
 With no `data.train_files` in the YAML file or the overrides (the embedded Countdown task), the
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--tp", nargs="+", type=int, default=[1, 2], help="tensor-parallel sizes to check")
     sub.add_parser("convert", help="training checkpoint <-> Hugging Face folder (to-hf / from-hf; see docs/conversion.md)",
                    add_help=False)
+    sub.add_parser("prepare-data", help="downloaded Hugging Face dataset files -> prompt records (docs/data.md)",
+                   add_help=False)
     plot = sub.add_parser("plot", help="draw a run's training curves (both modes on one figure) to PNG")
     plot.add_argument("run_dir")
     plot.add_argument("--output", help="PNG path (default RUN_DIR/curves.png)")
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from policy_split_megatron.bridge.checkpoint_convert import main as convert_main
 
         return convert_main(argv[1:], prog="policy-split convert")
+    if argv[:1] == ["prepare-data"]:  # its own parser: tools/prepare_data.py, same arguments
+        from policy_split_megatron.data.prepare import main as prepare_main
+
+        return prepare_main(argv[1:], prog="policy-split prepare-data")
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if "=" not in a or a.startswith("-")]
     if stray or (extra and not hasattr(args, "overrides")):

@@ -84,8 +84,10 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def read_jsonl_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(location, parsed row) per non-blank line: location is "path:line N" (1-based)."""
+def read_jsonl_rows(path: str | Path, *, yield_errors: bool = False) -> Iterator[tuple[str, Any]]:
+    """(location, parsed row) per non-blank line: location is "path: line N" (1-based). An invalid
+    line raises DatasetError, or with `yield_errors` is yielded as (location, DatasetError(reason))
+    so the caller can skip it and go on."""
     path = Path(path)
     with path.open("r", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -93,9 +95,13 @@ def read_jsonl_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
                 continue
             where = f"{path}: line {number}"
             try:
-                yield where, json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+                reason = f"invalid JSON ({err.msg} at column {err.colno})"
+                if not yield_errors:
+                    raise DatasetError(f"{where}: {reason}") from None
+                row = DatasetError(reason)
+            yield where, row
 
 
 def read_json_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -113,8 +119,19 @@ def read_json_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: item {i}", item
 
 
-def read_parquet_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(location, row dict) per row: location is "path: row N" (0-based). Needs pyarrow."""
+def parquet_columns(path: str | Path) -> list[str]:
+    """Column names of a Parquet file (its schema only; no rows are read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow.ArrowInvalid and friends
+        raise DatasetError(f"{path}: not a readable Parquet file ({err})") from err
+
+
+def read_parquet_rows(path: str | Path, columns: Sequence[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """(location, row dict) per row: location is "path: row N" (0-based). Needs pyarrow. `columns`
+    reads only those columns (the others are never decoded: DeepMath's solutions are 5 GB)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
@@ -128,7 +145,7 @@ def read_parquet_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
     except Exception as err:  # pyarrow.ArrowInvalid and friends
         raise DatasetError(f"{path}: not a readable Parquet file ({err})") from err
     row = 0
-    for batch in parquet_file.iter_batches(batch_size=4096):
+    for batch in parquet_file.iter_batches(batch_size=4096, columns=list(columns) if columns else None):
         for item in batch.to_pylist():
             yield f"{path}: row {row}", item
             row += 1
