@@ -29,6 +29,13 @@ REWARD_ALIASES = {
     "math": "policy_split_megatron.rewards.math_answer:math_reward",
     "multiple_choice": "policy_split_megatron.rewards.multiple_choice:multiple_choice_reward",
 }
+ANSWER_KEYS = {
+    REWARD_ALIASES["countdown"]: "policy_split_megatron.rewards.countdown:countdown_answer_key",
+    REWARD_ALIASES["math"]: "policy_split_megatron.rewards.math_answer:math_answer_key",
+    REWARD_ALIASES["multiple_choice"]: "policy_split_megatron.rewards.multiple_choice:choice_answer_key",
+}
+"""The final-answer extractor of each shipped verifier (same signature and options): the answer a
+sample votes for in maj@n (metrics/correctness.py). A user's reward function has none: no maj@n."""
 
 
 class RewardLoadError(ImportError):
@@ -99,6 +106,8 @@ class RewardFunction:
         self.spec = spec
         self.options = dict(options or {})
         self.fn = resolve_callable(spec)
+        key_path = ANSWER_KEYS.get(REWARD_ALIASES.get(spec.strip(), spec.strip()))
+        self._answer_key = resolve_callable(key_path) if key_path else None
         try:
             signature = inspect.signature(self.fn)
         except (TypeError, ValueError):  # builtins without a signature: cannot check
@@ -114,6 +123,16 @@ class RewardFunction:
 
     def __call__(self, prompt_record: Mapping[str, Any], response_text: str) -> RewardOutput:
         return as_reward_output(self.fn(prompt_record, response_text, **self.options), f"reward {self.spec!r}")
+
+    @property
+    def has_answer_key(self) -> bool:
+        return self._answer_key is not None
+
+    def answer_key(self, prompt_record: Mapping[str, Any], response_text: str) -> Any:
+        """The sample's final answer as this verifier reads it (ANSWER_KEYS), None when it gave none."""
+        if self._answer_key is None:
+            raise TypeError(f"reward function {self.spec!r} has no answer extractor (ANSWER_KEYS)")
+        return self._answer_key(prompt_record, response_text, **self.options)
 
     def __repr__(self) -> str:
         return f"RewardFunction({self.spec!r}, options={self.options!r})"

@@ -7,6 +7,7 @@ The answer field holds the correct letter ("B", or "(B)"). Inside \\boxed{} the 
 "\\text{B}", "\\textbf{B}" and "B) the text of the option" are read as B (lower case accepted there). The
 fallback phrases need an upper-case letter ("the answer is a number" is not "A"). Only letters of `letters`
 count. Text after the last "</think>" is searched when there is one (see math_answer for the option).
+`choice_answer_key` is the chosen letter: what maj@n votes on.
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
         if match.group(1) in allowed:
             return match.group(1)
     return None
+
+
+def choice_answer_key(
+    prompt_record: Mapping[str, Any],
+    response_text: str,
+    *,
+    letters: str = "ABCDEFGHIJ",
+    require_think_close: bool = False,
+    answer_field: str = "answer",
+) -> str | None:
+    """The letter the response chose, as `multiple_choice_reward` reads it; None when it chose none."""
+    final = after_think(response_text, require_think_close)
+    return None if final is None else extract_choice(final, letters)
 
 
 def multiple_choice_reward(
