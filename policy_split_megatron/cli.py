@@ -3,7 +3,8 @@
     policy-split                      the embedded default pipeline (= `policy-split run`)
     policy-split run      [--config] [overrides]   warm start -> RL -> held-out eval -> HF export -> PNG
     policy-split train    [--config] [overrides]   the RL run alone (resumes from checkpoints/latest)
-    policy-split evaluate PATH [--config] [overrides]   both modes of a checkpoint or HF folder
+    policy-split evaluate PATH [--benchmark [NAME=]FILE ...] [--compare PATH_B] [--output F.json]
+                                                   both modes of a checkpoint or HF folder on benchmarks
     policy-split plot     RUN_DIR                  curves.png of a run
     policy-split convert  to-hf|from-hf ...        checkpoint <-> Hugging Face folder (docs/conversion.md)
     policy-split prepare-data DATASET FILE... -o OUT.jsonl   hub files -> prompt records (docs/data.md)
@@ -63,7 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_arguments(train)
     evaluate = sub.add_parser("evaluate", help="evaluate both modes of a training checkpoint or an HF folder")
     evaluate.add_argument("path", help="HF model folder, a checkpoint step_N directory, or a checkpoints/ root")
-    evaluate.add_argument("--output", help="JSON file for the results (default: print only)")
+    evaluate.add_argument("--output", help="JSON file for the results, with the pass@k curves next to it as .png "
+                          "(default: print only)")
+    evaluate.add_argument("--benchmark", action="append", default=[], metavar="[NAME=]FILE",
+                          help="a prompt file to evaluate on, scored by the verifier its records name (prepare-data "
+                          "writes them); repeat for several. Default: the run's held-out set")
+    evaluate.add_argument("--compare", metavar="PATH_B", help="a second model folder or checkpoint, evaluated alike "
+                          "and shown side by side")
+    evaluate.add_argument("--plot", help="PNG of the pass@k curves (default: next to --output)")
+    evaluate.add_argument("--save-samples", action="store_true",
+                          help="also write every sample (text, reward, answer) next to --output")
     _add_run_arguments(evaluate)
     check = sub.add_parser("check", help="build each model family on Megatron (TP=1,2) and compare with transformers")
     check.add_argument("--families", nargs="+", default=["llama", "qwen2", "qwen3"])
@@ -113,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "evaluate":
         from policy_split_megatron.trainer.evaluate_command import run_evaluate_command
 
-        run_evaluate_command(config, args.path, output=args.output, nproc=nproc)
+        run_evaluate_command(config, args.path, output=args.output, nproc=nproc, benchmarks=args.benchmark,
+                             compare=args.compare, plot=args.plot, save_samples=args.save_samples)
         return 0
 
     from policy_split_megatron.trainer.launch import launch_training

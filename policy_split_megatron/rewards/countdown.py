@@ -58,3 +58,6 @@ def countdown_answer_key(prompt_record: Mapping[str, Any], response_text: str, *
         return canonical_form(expression)
     except ExpressionError:
         return expression.strip()
+
+
+countdown_reward.answer_key = countdown_answer_key  # what maj@n votes on (rewards/base.py)

@@ -82,3 +82,6 @@ def multiple_choice_reward(
         return 0.0, {"reason": "no_choice", "extracted": None}
     correct = choice == gold
     return (1.0 if correct else 0.0), {"reason": "ok" if correct else "wrong_choice", "extracted": choice}
+
+
+multiple_choice_reward.answer_key = choice_answer_key  # what maj@n votes on (rewards/base.py)

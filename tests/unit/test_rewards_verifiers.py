@@ -205,10 +205,24 @@ def test_answer_keys_are_what_the_verifiers_read():
     task = {"prompt": "8 2 10 6 -> 32", "answer": "32"}
     assert countdown.answer_key(task, " 2*(6+10)") == countdown.answer_key(task, " (10+6)*2")
     assert countdown.answer_key(task, "") is None
-    user = load_reward_fn("policy_split_megatron.rewards.math_answer:math_reward")  # the same function by path
-    assert user.has_answer_key
+    by_path = load_reward_fn("policy_split_megatron.rewards.math_answer:math_reward")  # the same function
+    assert by_path.has_answer_key and by_path.answer_key(record, "\\boxed{2}") == "2"
     assert not load_reward_fn("tests.unit.test_rewards_verifiers:_always_one").has_answer_key
+    keyed = load_reward_fn("tests.unit.test_rewards_verifiers:_first_word", lower=True)
+    assert keyed.answer_key(record, " Yes it is") == "yes"  # a user's extractor gets the bound options
 
 
 def _always_one(prompt_record, response_text):
     return 1.0
+
+
+def _first_word(prompt_record, response_text, *, lower=False):
+    return 1.0
+
+
+def _first_word_key(prompt_record, response_text, *, lower=False):
+    word = response_text.split()[0]
+    return word.lower() if lower else word
+
+
+_first_word.answer_key = _first_word_key
