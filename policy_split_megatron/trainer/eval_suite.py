@@ -132,8 +132,10 @@ def format_report(report: dict) -> str:
     width = max(14, *(len(h) + 2 for h in header))
     for name, bench in report["benchmarks"].items():
         results = bench["results"]
-        prompts = ", ".join(f"{int(r.get('prompts', 0))}" for r in results.values())
-        skipped = sum(int(r.get("skipped_prompts", 0)) for r in results.values())
+        counts = {label: int(r.get("prompts", 0)) for label, r in results.items()}
+        prompts = (str(next(iter(counts.values()))) if len(set(counts.values())) == 1
+                   else ", ".join(f"{label} {count}" for label, count in counts.items()))
+        skipped = max(int(r.get("skipped_prompts", 0)) for r in results.values())
         lines.append(f"\n{name}: verifier {bench['reward']}, {prompts} prompts"
                      + (f" ({skipped} skipped: too long or empty)" if skipped else ""))
         lines.append(f"{'metric':<18}" + "".join(f"{h:>{width}}" for h in header))

@@ -79,7 +79,7 @@ def test_report_table_and_pass_at_k_png(tmp_path):
     text = format_report(report)
     lines = text.splitlines()
     assert "  A = runs/ps/hf" in lines and "  B = runs/grpo/hf" in lines
-    assert "math500: verifier math, 5, 5 prompts (2 skipped: too long or empty)" in lines
+    assert "math500: verifier math, 5 prompts (1 skipped: too long or empty)" in lines
     header = next(line for line in lines if line.startswith("metric"))
     assert header.split()[1:] == ["A", "normal", "A", "high_entropy", "B", "normal", "B", "high_entropy"]
     rows = [line.split()[0] for line in lines[lines.index(header) + 1: lines.index(header) + 9]]
@@ -91,3 +91,14 @@ def test_report_table_and_pass_at_k_png(tmp_path):
         ["avg@2", "pass@2", "pass@10", "maj@2", "zeta"]
     png = plot_pass_at_k(report, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluation.max_tokens=-1", "evaluation.max_tokens must be an int >= 0"),
+    ("evaluation.batch_prompts=0", "evaluation.batch_prompts must be an int >= 1"),
+    ("evaluation.max_tokens=4096", "evaluation.max_tokens=4096 leaves no room for the prompt in rollout.max_model_len=4096"),
+])
+def test_evaluation_settings_are_checked_at_load(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_run_config(overrides=[override])
+    assert load_run_config(overrides=["evaluation.max_tokens=32768", "rollout.max_model_len=40960"]).evaluation.max_tokens == 32768
