@@ -54,23 +54,25 @@ class PromptDataset(Sequence):
         return iter(self.records)
 
 
-def _expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+def expand_paths(paths: str | Path | Iterable[str | Path], suffixes: Sequence[str] = SUPPORTED_SUFFIXES) -> list[Path]:
+    """The files named; a directory stands for its files with one of `suffixes`, in name order.
+    Every path must exist locally."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
-                raise DatasetError(f"{path}: directory has no {'/'.join(SUPPORTED_SUFFIXES)} files")
+                raise DatasetError(f"{path}: directory has no {'/'.join(suffixes)} files")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
             raise DatasetError(
-                f"{raw}: no such local file or directory (datasets are read from local JSONL/Parquet files "
-                "only; a Hugging Face hub name is not downloaded: save the data to a file first)"
+                f"{raw}: no such local file or directory (datasets are read from local files only; a "
+                "Hugging Face hub name is not downloaded: save the data to a file first)"
             )
     if not files:
         raise DatasetError("no dataset files given")
@@ -199,7 +201,7 @@ def load_prompt_dataset(
     max_records: int | None = None,
 ) -> PromptDataset:
     """Load and validate prompt records from local files (module docstring). `max_records` keeps the first N."""
-    files = _expand(paths)
+    files = expand_paths(paths)
     for path in files:
         _suffix(path)
     records: list[dict] = []

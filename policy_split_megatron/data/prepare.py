@@ -29,6 +29,7 @@ from typing import Any, Iterator, Sequence
 from policy_split_megatron.data.benchmarks import DATASETS, BadRow, DatasetSpec, Layout
 from policy_split_megatron.data.datasets import (
     DatasetError,
+    expand_paths,
     parquet_columns,
     read_json_rows,
     read_jsonl_rows,
@@ -69,28 +70,6 @@ class PrepareReport:
                      f"train with data.train_files=[{self.output}] data.reward={spec.reward}, "
                      f"or evaluate with --benchmark {self.output})")
         return "\n".join(lines)
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """The files named (a directory stands for its supported files, in name order); every one must exist."""
-    files: list[Path] = []
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-            if not found:
-                raise DatasetError(f"{path}: directory has no {'/'.join(SUFFIXES)} files")
-            files += found
-        elif path.is_file():
-            if path.suffix.lower() not in SUFFIXES:
-                raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use one of {SUFFIXES}")
-            files.append(path)
-        else:
-            raise DatasetError(f"{raw}: no such local file or directory (prepare-data reads files downloaded "
-                               "from the Hugging Face hub; it never downloads them)")
-    if not files:
-        raise DatasetError("no input files given")
-    return files
 
 
 def _read_csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -186,7 +165,10 @@ def prepare_dataset(
     size = spec.subset_size if subset_size == -1 else (subset_size or None)
     if size is not None and size < 0:
         raise DatasetError(f"subset size must be >= 0, got {size}")
-    files = expand_inputs(inputs)
+    files = expand_paths(inputs, SUFFIXES)
+    for path in files:
+        if path.suffix.lower() not in SUFFIXES:
+            raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use one of {SUFFIXES}")
     layouts = {path: match_layout(spec, path) for path in files}  # every file checked before any row is read
     report = PrepareReport(dataset, Path(output), {str(p): layout.source for p, (layout, _) in layouts.items()})
     records: list[dict] = []
