@@ -3,9 +3,11 @@
     policy-split                      the embedded default pipeline (= `policy-split run`)
     policy-split run      [--config] [overrides]   warm start -> RL -> held-out eval -> HF export -> PNG
     policy-split train    [--config] [overrides]   the RL run alone (resumes from checkpoints/latest)
-    policy-split evaluate PATH [--config] [overrides]   both modes of a checkpoint or HF folder
+    policy-split evaluate PATH [--benchmark [NAME=]FILE ...] [--compare PATH_B] [--output F.json]
+                                                   both modes of a checkpoint or HF folder on benchmarks
     policy-split plot     RUN_DIR                  curves.png of a run
     policy-split convert  to-hf|from-hf ...        checkpoint <-> Hugging Face folder (docs/conversion.md)
+    policy-split prepare-data DATASET FILE... -o OUT.jsonl   hub files -> prompt records (docs/data.md)
     policy-split check                             Megatron vs transformers parity of each model family
 
 With no `data.train_files` in the YAML file or the overrides (the embedded Countdown task), the
@@ -62,12 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_arguments(train)
     evaluate = sub.add_parser("evaluate", help="evaluate both modes of a training checkpoint or an HF folder")
     evaluate.add_argument("path", help="HF model folder, a checkpoint step_N directory, or a checkpoints/ root")
-    evaluate.add_argument("--output", help="JSON file for the results (default: print only)")
+    evaluate.add_argument("--output", help="JSON file for the results, with the pass@k curves next to it as .png "
+                          "(default: print only)")
+    evaluate.add_argument("--benchmark", action="append", default=[], metavar="[NAME=]FILE",
+                          help="a prompt file to evaluate on, scored by the verifier its records name (prepare-data "
+                          "writes them); repeat for several. Default: the run's held-out set")
+    evaluate.add_argument("--compare", metavar="PATH_B", help="a second model folder or checkpoint, evaluated alike "
+                          "and shown side by side")
+    evaluate.add_argument("--plot", help="PNG of the pass@k curves (default: next to --output)")
+    evaluate.add_argument("--save-samples", action="store_true",
+                          help="also write every sample (text, reward, answer) next to --output")
     _add_run_arguments(evaluate)
     check = sub.add_parser("check", help="build each model family on Megatron (TP=1,2) and compare with transformers")
     check.add_argument("--families", nargs="+", default=["llama", "qwen2", "qwen3"])
     check.add_argument("--tp", nargs="+", type=int, default=[1, 2], help="tensor-parallel sizes to check")
     sub.add_parser("convert", help="training checkpoint <-> Hugging Face folder (to-hf / from-hf; see docs/conversion.md)",
+                   add_help=False)
+    sub.add_parser("prepare-data", help="downloaded Hugging Face dataset files -> prompt records (docs/data.md)",
                    add_help=False)
     plot = sub.add_parser("plot", help="draw a run's training curves (both modes on one figure) to PNG")
     plot.add_argument("run_dir")
@@ -80,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         from policy_split_megatron.bridge.checkpoint_convert import main as convert_main
 
         return convert_main(argv[1:], prog="policy-split convert")
+    if argv[:1] == ["prepare-data"]:  # its own parser: tools/prepare_data.py, same arguments
+        from policy_split_megatron.data.prepare import main as prepare_main
+
+        return prepare_main(argv[1:], prog="policy-split prepare-data")
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if "=" not in a or a.startswith("-")]
     if stray or (extra and not hasattr(args, "overrides")):
@@ -106,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "evaluate":
         from policy_split_megatron.trainer.evaluate_command import run_evaluate_command
 
-        run_evaluate_command(config, args.path, output=args.output, nproc=nproc)
+        run_evaluate_command(config, args.path, output=args.output, nproc=nproc, benchmarks=args.benchmark,
+                             compare=args.compare, plot=args.plot, save_samples=args.save_samples)
         return 0
 
     from policy_split_megatron.trainer.launch import launch_training

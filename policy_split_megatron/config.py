@@ -189,13 +189,24 @@ class EvaluationConfig:
     top_k: int = 20
     """Paper, Table 9."""
     max_prompts: int = 64
-    """Held-out prompts evaluated (the first N of the eval set)."""
+    """Held-out prompts evaluated (the first N of the eval set, or of each benchmark of
+    `policy-split evaluate --benchmark`; set it above a benchmark's size to evaluate all of it)."""
+    max_tokens: int = 0
+    """Response length limit of the evaluation; 0: the rollout's (rollout.normal/explore.max_tokens).
+    Paper: 32,768, which needs rollout.max_model_len above it plus the longest prompt."""
+    batch_prompts: int = 256
+    """Prompts generated per engine call (their samples, token ids and entropies are held in memory
+    at once). Request seeds depend on it: results are reproducible for the same value."""
 
     def __post_init__(self) -> None:
         _require(self.samples_per_prompt >= 1, "evaluation.samples_per_prompt", "an int >= 1", self.samples_per_prompt)
         _require(self.temperature > 0, "evaluation.temperature", "> 0", self.temperature)
         _require(0 < self.top_p <= 1, "evaluation.top_p", "in (0, 1]", self.top_p)
         _require(self.max_prompts >= 1, "evaluation.max_prompts", "an int >= 1", self.max_prompts)
+        _require(isinstance(self.max_tokens, int) and self.max_tokens >= 0, "evaluation.max_tokens", "an int >= 0",
+                 self.max_tokens)
+        _require(isinstance(self.batch_prompts, int) and self.batch_prompts >= 1, "evaluation.batch_prompts",
+                 "an int >= 1", self.batch_prompts)
 
 
 @dataclass
@@ -227,6 +238,9 @@ class RunConfig:
                         f"rollout.{name} must equal algorithm.policy_split.{name} (what is sampled is what "
                         f"is scored): {getattr(self.rollout, name)!r} vs {getattr(ps, name)!r}; set one of them"
                     )
+        if self.evaluation.max_tokens >= self.rollout.max_model_len:
+            raise ValueError(f"evaluation.max_tokens={self.evaluation.max_tokens} leaves no room for the prompt in "
+                             f"rollout.max_model_len={self.rollout.max_model_len}: raise rollout.max_model_len")
         erpd = self.algorithm.erpd
         if self.algorithm.name == "erpd" and erpd.stage == 2 and not erpd.teachers:
             # The trainer scores the rollouts with these frozen models (trainer/reference.py).

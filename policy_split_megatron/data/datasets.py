@@ -54,23 +54,25 @@ class PromptDataset(Sequence):
         return iter(self.records)
 
 
-def _expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+def expand_paths(paths: str | Path | Iterable[str | Path], suffixes: Sequence[str] = SUPPORTED_SUFFIXES) -> list[Path]:
+    """The files named; a directory stands for its files with one of `suffixes`, in name order.
+    Every path must exist locally."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
-                raise DatasetError(f"{path}: directory has no {'/'.join(SUPPORTED_SUFFIXES)} files")
+                raise DatasetError(f"{path}: directory has no {'/'.join(suffixes)} files")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
             raise DatasetError(
-                f"{raw}: no such local file or directory (datasets are read from local JSONL/Parquet files "
-                "only; a Hugging Face hub name is not downloaded: save the data to a file first)"
+                f"{raw}: no such local file or directory (datasets are read from local files only; a "
+                "Hugging Face hub name is not downloaded: save the data to a file first)"
             )
     if not files:
         raise DatasetError("no dataset files given")
@@ -84,8 +86,10 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def read_jsonl_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(location, parsed row) per non-blank line: location is "path:line N" (1-based)."""
+def read_jsonl_rows(path: str | Path, *, yield_errors: bool = False) -> Iterator[tuple[str, Any]]:
+    """(location, parsed row) per non-blank line: location is "path: line N" (1-based). An invalid
+    line raises DatasetError, or with `yield_errors` is yielded as (location, DatasetError(reason))
+    so the caller can skip it and go on."""
     path = Path(path)
     with path.open("r", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -93,9 +97,13 @@ def read_jsonl_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
                 continue
             where = f"{path}: line {number}"
             try:
-                yield where, json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+                reason = f"invalid JSON ({err.msg} at column {err.colno})"
+                if not yield_errors:
+                    raise DatasetError(f"{where}: {reason}") from None
+                row = DatasetError(reason)
+            yield where, row
 
 
 def read_json_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -113,8 +121,19 @@ def read_json_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: item {i}", item
 
 
-def read_parquet_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(location, row dict) per row: location is "path: row N" (0-based). Needs pyarrow."""
+def parquet_columns(path: str | Path) -> list[str]:
+    """Column names of a Parquet file (its schema only; no rows are read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow.ArrowInvalid and friends
+        raise DatasetError(f"{path}: not a readable Parquet file ({err})") from err
+
+
+def read_parquet_rows(path: str | Path, columns: Sequence[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """(location, row dict) per row: location is "path: row N" (0-based). Needs pyarrow. `columns`
+    reads only those columns (the others are never decoded: DeepMath's solutions are 5 GB)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
@@ -128,7 +147,7 @@ def read_parquet_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
     except Exception as err:  # pyarrow.ArrowInvalid and friends
         raise DatasetError(f"{path}: not a readable Parquet file ({err})") from err
     row = 0
-    for batch in parquet_file.iter_batches(batch_size=4096):
+    for batch in parquet_file.iter_batches(batch_size=4096, columns=list(columns) if columns else None):
         for item in batch.to_pylist():
             yield f"{path}: row {row}", item
             row += 1
@@ -182,7 +201,7 @@ def load_prompt_dataset(
     max_records: int | None = None,
 ) -> PromptDataset:
     """Load and validate prompt records from local files (module docstring). `max_records` keeps the first N."""
-    files = _expand(paths)
+    files = expand_paths(paths)
     for path in files:
         _suffix(path)
     records: list[dict] = []

@@ -33,6 +33,8 @@ import math
 from collections import Counter
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
+from policy_split_megatron.metrics.correctness import accuracy, best_of_n
+
 Tokens = Sequence[Hashable]
 Sample = str | Sequence[Hashable]
 Tokenizer = str | Callable[[str], Sequence[Hashable]]
@@ -146,26 +148,7 @@ def div_bleu(
 
 
 # --------------------------------------------------------------------------------------------------
-# correctness
-
-
-def best_of_n(correct: Iterable[Any]) -> float:
-    """1.0 when any of the N samples is correct (truthy / reward > 0), else 0.0."""
-    return 1.0 if any(bool(c) and c > 0 for c in correct) else 0.0
-
-
-def accuracy(correct: Sequence[Any]) -> float:
-    """Mean correctness (rewards or flags) of the samples: the paper's accuracy averaged over k samples."""
-    return sum(float(c) for c in correct) / len(correct) if correct else 0.0
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al., 2021): 1 - C(n-c, k) / C(n, k)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+# correctness (avg@n, pass@k, maj@n: metrics/correctness.py)
 
 
 def distinct_correct(

@@ -14,6 +14,15 @@ against the signature then, so a misspelt option fails before any expensive work
 
     reward = load_reward_fn("my_rewards.rules:exact_match", case_sensitive=False)
     out = reward(record, "The answer is 4")      # RewardOutput(reward=1.0, info={...})
+
+maj@n (metrics/correctness.py) votes on each sample's final answer. A reward function provides it
+through an `answer_key` attribute: a function with the same signature and options that returns the
+answer as the verifier reads it (hashable), or None when the response gives none. The shipped
+verifiers have one; a function without it gets no maj@n:
+
+    def exact_match_key(prompt_record, response_text, *, case_sensitive=True):
+        return response_text.strip() if case_sensitive else response_text.strip().lower()
+    exact_match.answer_key = exact_match_key
 """
 
 from __future__ import annotations
@@ -29,8 +38,6 @@ REWARD_ALIASES = {
     "math": "policy_split_megatron.rewards.math_answer:math_reward",
     "multiple_choice": "policy_split_megatron.rewards.multiple_choice:multiple_choice_reward",
 }
-
-
 class RewardLoadError(ImportError):
     """A reward path that cannot be resolved to a callable (or options it does not accept)."""
 
@@ -99,6 +106,7 @@ class RewardFunction:
         self.spec = spec
         self.options = dict(options or {})
         self.fn = resolve_callable(spec)
+        self._answer_key = getattr(self.fn, "answer_key", None)  # module docstring: maj@n
         try:
             signature = inspect.signature(self.fn)
         except (TypeError, ValueError):  # builtins without a signature: cannot check
@@ -114,6 +122,16 @@ class RewardFunction:
 
     def __call__(self, prompt_record: Mapping[str, Any], response_text: str) -> RewardOutput:
         return as_reward_output(self.fn(prompt_record, response_text, **self.options), f"reward {self.spec!r}")
+
+    @property
+    def has_answer_key(self) -> bool:
+        return self._answer_key is not None
+
+    def answer_key(self, prompt_record: Mapping[str, Any], response_text: str) -> Any:
+        """The sample's final answer as this verifier reads it, None when it gave none."""
+        if self._answer_key is None:
+            raise TypeError(f"reward function {self.spec!r} has no `answer_key` attribute (rewards/base.py)")
+        return self._answer_key(prompt_record, response_text, **self.options)
 
     def __repr__(self) -> str:
         return f"RewardFunction({self.spec!r}, options={self.options!r})"

@@ -7,6 +7,8 @@ unless it already has $ or \\boxed); the prediction is the content of the LAST \
 the last "</think>" (the whole response when there is none). `require_think_close=True` scores a response
 without "</think>" as 0, like the authors' grader (BITHLP/PolicySplit compute_score); it is off by default.
 math-verify's timeouts use SIGALRM, which only works in the main thread: elsewhere they are disabled.
+
+`math_answer_key` is the same final answer as text without spaces: what maj@n votes on.
 """
 
 from __future__ import annotations
@@ -41,6 +43,21 @@ def gold_answer(prompt_record: Mapping[str, Any], answer_field: str = "answer") 
     return answer
 
 
+def math_answer_key(
+    prompt_record: Mapping[str, Any],
+    response_text: str,
+    *,
+    require_think_close: bool = False,
+    answer_field: str = "answer",
+) -> str | None:
+    """The response's final answer as `math_reward` reads it, with whitespace removed; None when it has none."""
+    final = after_think(response_text, require_think_close)
+    boxed = last_boxed(final) if final is not None else None
+    if boxed is None:
+        return None
+    return "".join(boxed.split()) or None
+
+
 def math_reward(
     prompt_record: Mapping[str, Any],
     response_text: str,
@@ -65,3 +82,6 @@ def math_reward(
         return 0.0, {"reason": "unparsable", "extracted": boxed}
     correct = bool(verify(gold, prediction, timeout_seconds=_timeout()))
     return (1.0 if correct else 0.0), {"reason": "ok" if correct else "wrong_value", "extracted": boxed}
+
+
+math_reward.answer_key = math_answer_key  # what maj@n votes on (rewards/base.py)

@@ -7,6 +7,7 @@ The answer field holds the correct letter ("B", or "(B)"). Inside \\boxed{} the 
 "\\text{B}", "\\textbf{B}" and "B) the text of the option" are read as B (lower case accepted there). The
 fallback phrases need an upper-case letter ("the answer is a number" is not "A"). Only letters of `letters`
 count. Text after the last "</think>" is searched when there is one (see math_answer for the option).
+`choice_answer_key` is the chosen letter: what maj@n votes on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
     return None
 
 
+def choice_answer_key(
+    prompt_record: Mapping[str, Any],
+    response_text: str,
+    *,
+    letters: str = "ABCDEFGHIJ",
+    require_think_close: bool = False,
+    answer_field: str = "answer",
+) -> str | None:
+    """The letter the response chose, as `multiple_choice_reward` reads it; None when it chose none."""
+    final = after_think(response_text, require_think_close)
+    return None if final is None else extract_choice(final, letters)
+
+
 def multiple_choice_reward(
     prompt_record: Mapping[str, Any],
     response_text: str,
@@ -68,3 +82,6 @@ def multiple_choice_reward(
         return 0.0, {"reason": "no_choice", "extracted": None}
     correct = choice == gold
     return (1.0 if correct else 0.0), {"reason": "ok" if correct else "wrong_choice", "extracted": choice}
+
+
+multiple_choice_reward.answer_key = choice_answer_key  # what maj@n votes on (rewards/base.py)

@@ -1,5 +1,7 @@
-"""`policy-split evaluate PATH`: both modes of a Hugging Face folder or a training checkpoint on the
-held-out set, with the evaluation section's decoding (paper: T=0.6, top-p 0.95, top-k 20, k samples).
+"""`policy-split evaluate PATH [--benchmark [NAME=]FILE ...] [--compare PATH_B]`: both modes of a
+Hugging Face folder or a training checkpoint on the held-out set or on several benchmarks (the
+suite: trainer/eval_suite.py), with the evaluation section's decoding (paper: T=0.6, top-p 0.95,
+top-k 20, n samples per prompt and mode).
 
 An HF folder is loaded as the model. A checkpoint (a `step_N` directory or a `checkpoints/` root
 with `latest`) is loaded into a policy built from the HF metadata it carries (config.json and
@@ -12,7 +14,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 from policy_split_megatron.config import RunConfig
 
@@ -41,11 +43,11 @@ def resolve_evaluation_source(path: str | Path, config: RunConfig) -> tuple[Path
                           "the run started from> so the architecture and tokenizer are known")
 
 
-def _evaluate_rank(rank: int, world_size: int, config: RunConfig, checkpoint: str | None) -> dict[str, Any]:
-    from policy_split_megatron.data import load_prompt_dataset
+def _evaluate_rank(rank: int, world_size: int, config: RunConfig, checkpoint: str | None, benchmarks: list,
+                   sample_file: str | None) -> dict[str, dict[str, float]]:
     from policy_split_megatron.distributed import ParallelLayout, init_distributed
     from policy_split_megatron.trainer.checkpoint import load_checkpoint
-    from policy_split_megatron.trainer.evaluate import evaluate
+    from policy_split_megatron.trainer.eval_suite import evaluate_benchmarks
     from policy_split_megatron.trainer.session import Session
 
     init_distributed(ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel))
@@ -54,39 +56,70 @@ def _evaluate_rank(rank: int, world_size: int, config: RunConfig, checkpoint: st
         if checkpoint is not None:
             load_checkpoint(checkpoint, session.policy.module, None)
         session.engine.sync_weights(session.policy.module, session.arch)
-        records = load_prompt_dataset(session.eval_files, prompt_field=config.data.prompt_field,
-                                      answer_field=config.data.answer_field).records[: config.evaluation.max_prompts]
-        result = evaluate(session, records, config.evaluation)
-        result["prompts"] = float(len(records))
-        return result
+        results = evaluate_benchmarks(session, benchmarks, config, sample_file)
+        results[_EVAL_FILES] = list(session.eval_files)  # type: ignore[assignment]
+        return results
     finally:
         session.close()
 
 
-def run_evaluate_command(config: RunConfig, path: str, *, output: str | None = None, nproc: int | None = None) -> dict:
-    from policy_split_megatron.distributed import ParallelLayout, spawn_local
-    from policy_split_megatron.trainer.evaluate import format_table
+_EVAL_FILES = "__eval_files__"  # the held-out files a rank resolved (for the default benchmark's report)
 
-    hf_dir, checkpoint = resolve_evaluation_source(path, config)
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
+def _evaluate_model(config: RunConfig, source: tuple[Path, Path | None], benchmarks: list, nproc: int | None,
+                    sample_file: str | None) -> dict:
+    """One model's results on every benchmark: in this process's launched ranks (torchrun/srun),
+    else in freshly spawned local ranks."""
+    from policy_split_megatron.distributed import ParallelLayout, spawn_local
+    from policy_split_megatron.trainer.launch import check_launch
+
+    hf_dir, checkpoint = source
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, hf_path=str(hf_dir)),
                                  warm_start=dataclasses.replace(config.warm_start, steps=0))
     ckpt = str(checkpoint) if checkpoint else None
-    from policy_split_megatron.trainer.launch import check_launch
-
     if check_launch(config.parallel.tensor_parallel, config.parallel.pipeline_parallel) is not None:
-        result = _evaluate_rank(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))), 1, config, ckpt)
-    else:
-        layout = ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel)
-        world = nproc or layout.tensor_parallel * layout.pipeline_parallel
-        layout.data_parallel(world)
-        result = spawn_local(_evaluate_rank, world, layout, config, ckpt, timeout=24 * 3600, quiet=True)[0]
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) != 0:
-        return result  # launched ranks: rank 0 reports
-    ev = config.evaluation
-    print(f"{path}: {int(result['prompts'])} held-out prompts x {ev.samples_per_prompt} samples per mode "
-          f"(T={ev.temperature}, top-p {ev.top_p}, top-k {ev.top_k})\n{format_table(result)}")
+        return _evaluate_rank(_rank(), 1, config, ckpt, benchmarks, sample_file)
+    layout = ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel)
+    world = nproc or layout.tensor_parallel * layout.pipeline_parallel
+    layout.data_parallel(world)
+    return spawn_local(_evaluate_rank, world, layout, config, ckpt, benchmarks, sample_file, timeout=24 * 3600,
+                       quiet=True)[0]
+
+
+def run_evaluate_command(config: RunConfig, path: str, *, output: str | None = None, nproc: int | None = None,
+                         benchmarks: Sequence[str] = (), compare: str | None = None, plot: str | None = None,
+                         save_samples: bool = False) -> dict:
+    """Evaluate `path` (and `compare`, when given) on every benchmark; print the table and write the
+    JSON report (`output`), the pass@k PNG (`plot`, default: next to `output`) and, with
+    `save_samples`, every sample to `<output stem>.samples-<model>.jsonl`. Returns the report."""
+    from policy_split_megatron.trainer.eval_suite import build_report, format_report, resolve_benchmarks
+    from policy_split_megatron.trainer.plot import plot_pass_at_k
+
+    if save_samples and not output:
+        raise ValueError("--save-samples writes next to the report: give --output FILE.json too")
+    suite = resolve_benchmarks(benchmarks, config)  # files and verifiers checked before any model is built
+    models = {"A": path, **({"B": compare} if compare else {})}
+    sources = {label: resolve_evaluation_source(p, config) for label, p in models.items()}
+    results = {}
+    for label, source in sources.items():
+        sample_file = str(Path(output).with_name(f"{Path(output).stem}.samples-{label}.jsonl")) if save_samples else None
+        results[label] = _evaluate_model(config, source, suite, nproc, sample_file)
+    eval_files = results["A"].pop(_EVAL_FILES, [])
+    for result in results.values():
+        result.pop(_EVAL_FILES, None)
+    report = build_report(config, models, suite, results, eval_files)
+    if _rank() != 0:
+        return report  # launched ranks: rank 0 reports
+    print(format_report(report))
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps({"path": str(path), "evaluation": dataclasses.asdict(ev), **result}, indent=2))
+        Path(output).write_text(json.dumps(report, indent=2))
         print(f"wrote {output}")
-    return result
+    png = plot or (str(Path(output).with_suffix(".png")) if output else None)
+    if png:
+        print(f"wrote {plot_pass_at_k(report, png)}")
+    return report

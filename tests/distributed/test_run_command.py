@@ -41,8 +41,12 @@ def test_run_then_evaluate_export_and_checkpoint(tmp_path, capsys):
         result_file = tmp_path / f"eval_{source.name}.json"
         assert main(["evaluate", str(source), f"logging.dir={tmp_path / 'eval'}", "--output", str(result_file),
                      *SMALL]) == 0
-        result = json.loads(result_file.read_text())
-        assert result["prompts"] == 6
+        report = json.loads(result_file.read_text())
+        assert report["models"] == {"A": str(source)} and list(report["benchmarks"]) == ["eval"]
+        assert report["benchmarks"]["eval"]["files"] == [str(tmp_path / "eval" / "data" / "countdown_eval.jsonl")]
+        result = report["benchmarks"]["eval"]["results"]["A"]
+        assert result["prompts"] == 6 and result_file.with_suffix(".png").exists()
+        assert {"normal/avg@2", "normal/pass@2", "normal/maj@2", "high_entropy/pass@1"} <= set(result)
         for key in COMPARED:
             assert result[key] == pytest.approx(final[key], abs=1e-5), (source.name, key)
 

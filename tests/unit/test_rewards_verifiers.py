@@ -184,3 +184,45 @@ def test_countdown_reward_from_prompt_text():
 def test_countdown_via_loader():
     reward = load_reward_fn("countdown")
     assert reward({"prompt": "3 5 2 -> 16"}, " (3+5)*2").reward == 1.0
+
+
+def test_answer_keys_are_what_the_verifiers_read():
+    """maj@n votes on these: the same extraction as the verifier, so a key is wrong exactly when the
+    reward is 0 for the same text."""
+    from policy_split_megatron.rewards import load_reward_fn
+
+    math = load_reward_fn("math")
+    record = {"prompt": "?", "answer": "\\frac{1}{2}"}
+    assert math.has_answer_key
+    assert math.answer_key(record, "think \\boxed{3} </think> so \\boxed{ \\frac{1} {2} }") == "\\frac{1}{2}"
+    assert math.answer_key(record, "no box here") is None and math.answer_key(record, "\\boxed{  }") is None
+    strict = load_reward_fn("math", require_think_close=True)
+    assert strict.answer_key(record, "\\boxed{7}") is None  # the verifier scores it 0: no vote either
+    choice = load_reward_fn("multiple_choice", letters="ABCD")
+    assert choice.answer_key({"answer": "B"}, "so \\boxed{(c)}") == "C"
+    assert choice.answer_key({"answer": "B"}, "\\boxed{E}") is None  # not an allowed letter
+    countdown = load_reward_fn("countdown")
+    task = {"prompt": "8 2 10 6 -> 32", "answer": "32"}
+    assert countdown.answer_key(task, " 2*(6+10)") == countdown.answer_key(task, " (10+6)*2")
+    assert countdown.answer_key(task, "") is None
+    by_path = load_reward_fn("policy_split_megatron.rewards.math_answer:math_reward")  # the same function
+    assert by_path.has_answer_key and by_path.answer_key(record, "\\boxed{2}") == "2"
+    assert not load_reward_fn("tests.unit.test_rewards_verifiers:_always_one").has_answer_key
+    keyed = load_reward_fn("tests.unit.test_rewards_verifiers:_first_word", lower=True)
+    assert keyed.answer_key(record, " Yes it is") == "yes"  # a user's extractor gets the bound options
+
+
+def _always_one(prompt_record, response_text):
+    return 1.0
+
+
+def _first_word(prompt_record, response_text, *, lower=False):
+    return 1.0
+
+
+def _first_word_key(prompt_record, response_text, *, lower=False):
+    word = response_text.split()[0]
+    return word.lower() if lower else word
+
+
+_first_word.answer_key = _first_word_key
