@@ -9,7 +9,6 @@ command-line overrides (`train.steps=20`).
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import math
@@ -20,6 +19,8 @@ from typing import Any
 import yaml
 
 from policy_split_megatron.algorithms.config import AlgorithmConfig, config_from_dict
+from policy_split_megatron.config_tree import merge_trees, normalize_tree, set_override
+from policy_split_megatron.errors import ConfigError
 from policy_split_megatron.model.precision import PrecisionConfig
 from policy_split_megatron.rollout.config import RolloutConfig
 from policy_split_megatron.tasks.countdown import CountdownConfig
@@ -236,28 +237,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for key in parents:
-        node = node.setdefault(key, {})
-    try:
-        node[leaf] = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        node[leaf] = raw  # a bare string
-
-
 MIRRORED_POLICY_SPLIT_FIELDS = ("n_normal", "n_explore", "he_system_prompt", "he_prompt_placement")
 """Fields that both `rollout` (what is sampled) and `algorithm.policy_split` (how it is scored)
 hold. Set in one section only, they are copied to the other; set differently in both, the run
 is refused (`RunConfig.__post_init__`)."""
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
 
 
 def _mirror_policy_split_fields(tree: dict) -> None:
@@ -276,14 +259,28 @@ def load_run_config(
     path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None
 ) -> RunConfig:
     """`base` tree (e.g. the embedded default) <- YAML file (optional) <- `section.field=value`
-    overrides -> validated RunConfig."""
-    tree: dict = yaml.safe_load(Path(path).read_text()) if path else {}
-    tree = _merge(copy.deepcopy(base or {}), tree or {})
+    overrides (read by each field's type: config_tree.py) -> validated RunConfig. Every mistake is
+    a ConfigError naming the field."""
+    tree: dict = {}
+    if path:
+        try:
+            tree = yaml.safe_load(Path(path).read_text())
+        except OSError as err:
+            raise ConfigError(f"--config {path}: {err.strerror or err}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {path} is not valid YAML: {' '.join(str(err).split())}") from err
+        if tree is not None and not isinstance(tree, dict):
+            raise ConfigError(f"--config {path} must hold a mapping of sections (model:, data:, ...), "
+                              f"got {type(tree).__name__}")
+    tree = merge_trees(copy.deepcopy(base or {}), tree or {})
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.field=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw.strip())
+        set_override(tree, item)
+    tree = normalize_tree(RunConfig, tree)
     _mirror_policy_split_fields(tree)
     tree.setdefault("rollout", {}).setdefault("model_path", tree.get("model", {}).get("hf_path") or "<set at start-up>")
-    return config_from_dict(RunConfig, tree)
+    try:
+        return config_from_dict(RunConfig, tree)
+    except (ValueError, TypeError) as err:  # a field's own check (__post_init__)
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(err)) from err

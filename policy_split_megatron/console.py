@@ -7,12 +7,14 @@ import warnings
 
 
 # Message prefixes of expected warnings (no TE/Apex on CPU, a CUDA tuning hint, a deprecation
-# inside megatron-core's own defaults).
+# inside megatron-core's own defaults, the semaphores of ranks ended by a signal, which the
+# multiprocessing resource tracker cleans up as it should).
 _NOISY_WARNINGS = (
     "Transformer Engine and Apex are not installed",
     "Apex is not installed",
     "When using async grad",
     "full scope is deprecated",
+    "resource_tracker: There appear to be",
 )
 
 
