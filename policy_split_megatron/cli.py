@@ -31,6 +31,8 @@ from policy_split_megatron.console import quiet_third_party
 from policy_split_megatron.errors import RankUserError, UserError, is_user_error, one_line
 
 PROG = "policy-split"
+WARNINGS_LOG = "warnings.log"
+"""Third-party warnings of a command go to this file in its run directory (logging.dir)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,6 +174,9 @@ def _main(argv: list[str]) -> int:
     if getattr(args, "print_config", False):
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
+    from policy_split_megatron.console import log_warnings_to
+
+    log_warnings_to(Path(config.logging.dir) / WARNINGS_LOG)
     if command != "evaluate":
         preflight(config)
     if command == "evaluate":

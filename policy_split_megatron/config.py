@@ -27,6 +27,7 @@ from policy_split_megatron.tasks.countdown import CountdownConfig
 from policy_split_megatron.trainer.optimizer import OptimizerConfig
 
 PARAMS_DTYPES = ("float32", "bfloat16")
+DIVERSITY_UNITS = ("tokens", "words")
 
 
 def _require(ok: bool, name: str, rule: str, value: Any) -> None:
@@ -86,11 +87,20 @@ class DataConfig:
     """Problems in the embedded train set."""
     countdown_eval_size: int = 200
     """Problems in the embedded held-out set (disjoint from train by a hash of the problem)."""
+    reward_workers: int = 4
+    """Processes per rank that score responses (rewards/pool.py); each step's samples are split
+    over the ranks, so every sample is scored once. 0: score in the rank's own process, without
+    the per-sample timeout."""
+    reward_timeout: float = 5.0
+    """Seconds one response may take to score; past it the worker is replaced and the sample scores
+    0 (counted in reward/timeouts). 5 s is math-verify's own default."""
 
     def __post_init__(self) -> None:
         _require(self.prompts_per_step >= 1, "data.prompts_per_step", "an int >= 1", self.prompts_per_step)
         for name in ("countdown_train_size", "countdown_eval_size"):
             _require(getattr(self, name) >= 1, f"data.{name}", "an int >= 1", getattr(self, name))
+        _require(self.reward_workers >= 0, "data.reward_workers", "an int >= 0", self.reward_workers)
+        _require(self.reward_timeout > 0, "data.reward_timeout", "> 0 seconds", self.reward_timeout)
 
 
 @dataclass
@@ -172,6 +182,33 @@ class LoggingConfig:
     """Run directory: metrics.jsonl, TensorBoard events, checkpoints/, hf/ export, curves.png."""
     tensorboard: bool = True
     """Also write TensorBoard event files."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs `pip install .[wandb]`); a resumed run continues the same
+    W&B run (trainer/metrics_log.py)."""
+    wandb_project: str = "policy-split"
+    """W&B project."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); empty: your default."""
+    wandb_name: str = ""
+    """W&B run name; empty: the run directory's name."""
+    wandb_mode: str = ""
+    """"online", "offline" (written under <dir>/wandb, for `wandb sync`) or "disabled"; empty: W&B's
+    own setting (the WANDB_MODE variable, else online)."""
+    diversity_max_prompts: int = 128
+    """Prompts per mode whose samples the text-diversity metrics (distinct-n, Div-N-Gram, Div-BLEU)
+    are computed on each step: a seeded subsample when there are more (Div-BLEU costs O(k^2 L)
+    per prompt). 0: every prompt. Correctness metrics always use every prompt."""
+    diversity_units: str = "tokens"
+    """What the diversity metrics count: "tokens" (the tokenizer's, special tokens left out; for the
+    embedded char tokenizer these are characters) or "words" (the decoded text split on spaces)."""
+
+    def __post_init__(self) -> None:
+        _require(self.diversity_max_prompts >= 0, "logging.diversity_max_prompts", "an int >= 0",
+                 self.diversity_max_prompts)
+        _require(self.wandb_mode in ("", "online", "offline", "disabled"), "logging.wandb_mode",
+                 'empty, "online", "offline" or "disabled"', self.wandb_mode)
+        _require(self.diversity_units in DIVERSITY_UNITS, "logging.diversity_units", f"one of {DIVERSITY_UNITS}",
+                 self.diversity_units)
 
 
 @dataclass

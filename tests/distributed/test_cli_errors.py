@@ -47,3 +47,7 @@ def test_checkpoint_of_another_model(tmp_path):
     assert status == 2, stderr
     line = _the_error_line(stderr)
     assert "step_000000 does not match this model" in line and "decoder.layers.mlp.linear_fc1.weight" in line
+    # torch.distributed.checkpoint's FutureWarning on loading went to the run directory, not the console
+    assert "FutureWarning" not in stderr and "load_state_dict" not in stderr, stderr
+    assert "Invalid -W option" not in stderr and "NUMA binding" not in stderr, stderr
+    assert "FutureWarning" in (run / "warnings.log").read_text()
