@@ -7,8 +7,8 @@ every hypothesis) and after (each sample's n-grams counted once).
         [--timeout 5] [--response-chars 2000]
 
 The mix (seeded): math responses of --response-chars characters of "reasoning" ending in a boxed
-answer. 60 % correct (integers, fractions, decimals vs fractions, polynomials in another order),
-30 % wrong, 8 % without a boxed answer, and --timeouts responses whose answer is the power tower
+answer, each problem's answer drawn anew (integers, fractions, polynomials, surds; correct ones
+written differently from the reference). 60 % correct, 30 % wrong, 10 % without a boxed answer, and --timeouts responses whose answer is the power tower
 `9^{9^{9^{9}}}`, on which math-verify runs into its timeout.
 
 Rows, all measured in this run:
@@ -34,8 +34,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ANSWERS = [("42", "42", "17"), ("\\frac{1}{2}", "0.5", "\\frac{1}{3}"), ("x^2+1", "1+x^2", "x^2-1"),
-           ("3\\sqrt{2}", "3\\sqrt{2}", "2\\sqrt{3}"), ("-7", "-7", "7"), ("\\frac{\\pi}{4}", "\\frac{\\pi}{4}", "\\pi")]
+
+
+def _answer(rng: random.Random) -> tuple[str, str, str]:
+    """(reference, an equal prediction written differently, a wrong prediction), all distinct per
+    draw so that math-verify's parse caches do not make repeated answers free."""
+    a, b = rng.randint(2, 999), rng.randint(2, 99)
+    kind = rng.randrange(4)
+    if kind == 0:
+        return str(a), str(a), str(a + 1)
+    if kind == 1:
+        return f"\\frac{{{a}}}{{{b}}}", f"\\frac{{{2 * a}}}{{{2 * b}}}", f"\\frac{{{b}}}{{{a}}}"
+    if kind == 2:
+        return f"x^2+{a}x+{b}", f"{b}+{a}x+x^2", f"x^2+{b}x+{a}"
+    return f"{a}\\sqrt{{{b}}}", f"\\sqrt{{{b}}}\\cdot {a}", f"{b}\\sqrt{{{a}}}"
+
+
 FILLER = ("We expand the expression and collect terms; then we check the boundary cases. "
           "Substituting back gives a consistent value, so the computation is verified. ")
 
@@ -45,7 +59,7 @@ def make_mix(samples: int, timeouts: int, response_chars: int, seed: int = 0):
     body = (FILLER * (response_chars // len(FILLER) + 1))[:response_chars]
     items = []
     for i in range(samples):
-        gold, right, wrong = rng.choice(ANSWERS)
+        gold, right, wrong = _answer(rng)
         draw = rng.random()
         if i < timeouts:
             tail = "\\boxed{9^{9^{9^{9}}}}"

@@ -14,8 +14,9 @@ sample scores 0 with failure "timeout". A verifier that raises scores 0 with fai
 every timeout is counted.
 
 Workers come from a fork server that has imported the reward function's module once, so starting
-or replacing one takes milliseconds; each is fed chunks of samples and streams one result per
-sample back, so a timeout is charged to the sample that was running. `workers=0` scores in the
+or replacing one takes milliseconds; each holds at most two samples (the one it scores and the
+next) and streams one result per sample back, so a timeout is charged to the sample that was
+running and delays at most one other. `workers=0` scores in the
 calling process (no timeout beyond the verifier's own; exceptions still score 0).
 """
 
@@ -123,7 +124,7 @@ class _Worker:
 class RewardPool:
     """`workers` processes scoring with reward function `spec` (see module docstring)."""
 
-    MAX_CHUNK = 16
+    IN_FLIGHT = 2
     MAX_START_FAILURES = 3  # workers in a row that die before they are ready: a defect, raise
     START_SECONDS = 120.0  # a worker's time to become ready (importing the verifier) before it counts as failed
 
@@ -170,17 +171,15 @@ class RewardPool:
         return worker.since + (self.timeout if worker.ready else max(self.timeout, self.START_SECONDS))
 
     def _hand_out(self, items, todo: collections.deque) -> None:
-        idle = [w for w in self._workers if not w.running]
-        if not idle or not todo:
-            return
-        size = max(1, min(self.MAX_CHUNK, -(-len(todo) // len(self._workers))))
-        for worker in idle:
-            chunk = [todo.popleft() for _ in range(min(size, len(todo)))]
-            if not chunk:
-                return
-            worker.conn.send([(i, items[i][0], items[i][1]) for i in chunk])
-            worker.running.extend(chunk)
-            worker.since = time.monotonic()
+        """Keep IN_FLIGHT samples at each worker: the one it runs and the next, so it never waits
+        for the parent, while a timeout strands at most one other sample behind the slow one."""
+        for worker in self._workers:
+            while todo and len(worker.running) < self.IN_FLIGHT:
+                index = todo.popleft()
+                worker.conn.send([(index, items[index][0], items[index][1])])
+                if not worker.running:
+                    worker.since = time.monotonic()
+                worker.running.append(index)
 
     def _receive(self, worker: _Worker, results: list, todo: collections.deque) -> int:
         done = 0
