@@ -10,6 +10,10 @@
     policy-split prepare-data DATASET FILE... -o OUT.jsonl   hub files -> prompt records (docs/data.md)
     policy-split check                             Megatron vs transformers parity of each model family
 
+A mistake in what you give (a config field, a path, a data row, a parallel layout, a checkpoint)
+ends the command with one line `policy-split: error: ...` and exit status 2; add --debug anywhere
+for the traceback.
+
 With no `data.train_files` in the YAML file or the overrides (the embedded Countdown task), the
 embedded default (`policy_split_megatron/embedded_default.py`) is the base that the file and the
 overrides apply to; otherwise the library defaults (the paper's settings) are.
@@ -20,16 +24,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
 
 from policy_split_megatron.console import quiet_third_party
+from policy_split_megatron.errors import RankUserError, UserError, is_user_error, one_line
+
+PROG = "policy-split"
+WARNINGS_LOG = "warnings.log"
+"""Third-party warnings of a command go to this file in its run directory (logging.dir)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a user error like any other (one line, status 2)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def _uses_embedded_task(config_path: str | None, overrides: list[str]) -> bool:
     """True when no training data is named: the run trains on the embedded Countdown task."""
-    tree = yaml.safe_load(Path(config_path).read_text()) if config_path else {}
+    try:
+        tree = yaml.safe_load(Path(config_path).read_text()) if config_path else {}
+    except (OSError, yaml.YAMLError):
+        return True  # load_run_config reports the file's problem
+    if not isinstance(tree, dict):
+        return True
     in_file = bool(((tree or {}).get("data") or {}).get("train_files"))
     in_overrides = any(o.split("=", 1)[0].strip() == "data.train_files" for o in overrides if "=" in o)
     return not (in_file or in_overrides)
@@ -53,8 +75,58 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.steps=20 parallel.tensor_parallel=2")
 
 
+def preflight(config) -> None:
+    """Checks of a run that take milliseconds, before any process is spawned: the model folder, the
+    parallel layout against the model's heads and layers, the data files."""
+    tp, pp = config.parallel.tensor_parallel, config.parallel.pipeline_parallel
+    if config.model.hf_path:
+        folder = Path(config.model.hf_path)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"model.hf_path={folder} holds no config.json: point it to a Hugging Face model folder")
+        from transformers import AutoConfig
+
+        from policy_split_megatron.model import architecture_from_hf
+
+        arch = architecture_from_hf(AutoConfig.from_pretrained(folder))
+        try:
+            arch.validate_parallel(tp, pp)
+        except ValueError as err:
+            raise UserError(f"{err}; choose parallel.tensor_parallel / parallel.pipeline_parallel that divide "
+                            "them") from err
+    for field in ("train_files", "eval_files"):
+        for name in getattr(config.data, field):
+            if not Path(name).is_file():
+                raise UserError(f"data.{field}: {name} does not exist or is not a file")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="policy-split", description=__doc__.split("\n")[0],
+    """The console entry point: runs the command; user errors become one line and status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    from policy_split_megatron.distributed import SpawnTerminated
+
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except SpawnTerminated as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except Exception as err:  # noqa: BLE001 - user errors are reported, defects re-raised
+        if not is_user_error(err):
+            raise
+        if debug:
+            traceback.print_exc()
+            if isinstance(err, RankUserError):
+                print(f"raised in a rank:\n{err.remote_traceback}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[2:]))
     sub = parser.add_subparsers(dest="command")
@@ -87,16 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("--output", help="PNG path (default RUN_DIR/curves.png)")
     # Overrides may follow options (`evaluate PATH --output f.json train.seed=1`): argparse leaves
     # such trailing positionals unparsed, so collect the section.field=value ones here.
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["convert"]:  # its own parser: tools/convert_checkpoint.py, same arguments
         quiet_third_party()
         from policy_split_megatron.bridge.checkpoint_convert import main as convert_main
 
-        return convert_main(argv[1:], prog="policy-split convert")
+        return convert_main(argv[1:], prog=f"{PROG} convert")
     if argv[:1] == ["prepare-data"]:  # its own parser: tools/prepare_data.py, same arguments
         from policy_split_megatron.data.prepare import main as prepare_main
 
-        return prepare_main(argv[1:], prog="policy-split prepare-data")
+        return prepare_main(argv[1:], prog=f"{PROG} prepare-data")
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if "=" not in a or a.startswith("-")]
     if stray or (extra and not hasattr(args, "overrides")):
@@ -120,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "print_config", False):
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
+    from policy_split_megatron.console import log_warnings_to
+
+    log_warnings_to(Path(config.logging.dir) / WARNINGS_LOG)
+    if command != "evaluate":
+        preflight(config)
     if command == "evaluate":
         from policy_split_megatron.trainer.evaluate_command import run_evaluate_command
 

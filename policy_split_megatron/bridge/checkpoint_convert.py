@@ -586,6 +586,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 print(f"wrote training checkpoint {step} (model only, {args.params_dtype}, step 0; "
                       f"{Path(args.checkpoint_root) / LATEST} points at it):\n{_describe_folder(step)}")
     except (ConversionError, CheckpointError, HFFolderError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{prog or 'convert_checkpoint'}: error: {err}", file=sys.stderr)
         return 2
     return 0

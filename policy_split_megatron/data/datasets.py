@@ -11,7 +11,7 @@ whatever the input field names. "metadata" holds the row's other fields, updated
 File formats, chosen by extension:
   .jsonl          one JSON object per line; blank lines are ignored; locations are 1-based line numbers
   .json           a JSON array of objects, or JSON lines; array locations are 0-based "item" numbers
-  .parquet / .pq  a table (needs pyarrow); locations are 0-based row numbers
+  .parquet / .pq  a table (read with pyarrow); locations are 0-based row numbers
 A directory stands for its *.jsonl, *.json, *.parquet and *.pq files, in name order.
 
 Errors (DatasetError, a ValueError) name the file and the line/row: invalid JSON, a row that is not an object,
@@ -132,15 +132,10 @@ def parquet_columns(path: str | Path) -> list[str]:
 
 
 def read_parquet_rows(path: str | Path, columns: Sequence[str] | None = None) -> Iterator[tuple[str, Any]]:
-    """(location, row dict) per row: location is "path: row N" (0-based). Needs pyarrow. `columns`
+    """(location, row dict) per row: location is "path: row N" (0-based). `columns`
     reads only those columns (the others are never decoded: DeepMath's solutions are 5 GB)."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise ImportError(
-            f"reading the Parquet file {path} needs pyarrow, which is not installed: pip install pyarrow "
-            "(or convert the file to JSONL)"
-        ) from err
+    import pyarrow.parquet as pq  # a dependency of the package
+
     path = Path(path)
     try:
         parquet_file = pq.ParquetFile(path)

@@ -88,34 +88,26 @@ def div_ngram(samples: Sequence[Sample], n: int = 2, tokenize: Tokenizer = "whit
 # BLEU
 
 
-def bleu(
-    hypothesis: Sample,
-    references: Sequence[Sample],
-    max_n: int = 4,
-    smoothing: str = "epsilon",
-    tokenize: Tokenizer = "whitespace",
+def _order_counts(tokens: Tokens, max_n: int) -> list[Counter]:
+    """Counter of the n-grams of `tokens` for n = 1..max_n (index n-1)."""
+    return [Counter(ngrams(tokens, n)) for n in range(1, max_n + 1)]
+
+
+def _bleu_from_counts(
+    hyp_counts: list[Counter], hyp_len: int, refs_counts: Sequence[list[Counter]], ref_lens: Sequence[int],
+    smoothing: str,
 ) -> float:
-    """Sentence BLEU-`max_n` of `hypothesis` against `references` (module docstring)."""
-    if smoothing not in SMOOTHINGS:
-        raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
-    if not references:
-        raise ValueError("BLEU needs at least one reference")
-    hyp = tokens_of(hypothesis, tokenize)
-    refs = [tokens_of(r, tokenize) for r in references]
-    if not hyp:
+    """BLEU from n-gram counts computed once per sample (Div-BLEU reuses each sample's counts k-1
+    times instead of recounting every reference for every hypothesis)."""
+    if hyp_len == 0:
         return 0.0
     log_precisions = []
-    for n in range(1, max_n + 1):
-        hyp_counts = Counter(ngrams(hyp, n))
-        total = sum(hyp_counts.values())
+    for n, counts in enumerate(hyp_counts, start=1):
+        total = sum(counts.values())
         if total == 0:
             continue  # effective order: the hypothesis is shorter than n
-        max_ref: Counter = Counter()
-        for ref in refs:
-            for gram, count in Counter(ngrams(ref, n)).items():
-                if count > max_ref[gram]:
-                    max_ref[gram] = count
-        matches = sum(min(count, max_ref[gram]) for gram, count in hyp_counts.items())
+        order_refs = [ref[n - 1] for ref in refs_counts]
+        matches = sum(min(count, max(ref.get(gram, 0) for ref in order_refs)) for gram, count in counts.items())
         if smoothing == "add1" and n >= 2:
             numerator, denominator = matches + 1.0, total + 1.0
         elif matches == 0:
@@ -127,21 +119,47 @@ def bleu(
         else:
             numerator, denominator = float(matches), float(total)
         log_precisions.append(math.log(numerator / denominator))
-    c = len(hyp)
-    r = min((len(ref) for ref in refs), key=lambda length: (abs(length - c), length))
+    c = hyp_len
+    r = min(ref_lens, key=lambda length: (abs(length - c), length))
     brevity = 1.0 if c >= r else math.exp(1.0 - r / c)
     return brevity * math.exp(sum(log_precisions) / len(log_precisions))
+
+
+def _check_smoothing(smoothing: str) -> None:
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
+
+
+def bleu(
+    hypothesis: Sample,
+    references: Sequence[Sample],
+    max_n: int = 4,
+    smoothing: str = "epsilon",
+    tokenize: Tokenizer = "whitespace",
+) -> float:
+    """Sentence BLEU-`max_n` of `hypothesis` against `references` (module docstring)."""
+    _check_smoothing(smoothing)
+    if not references:
+        raise ValueError("BLEU needs at least one reference")
+    hyp = tokens_of(hypothesis, tokenize)
+    refs = [tokens_of(r, tokenize) for r in references]
+    return _bleu_from_counts(_order_counts(hyp, max_n), len(hyp), [_order_counts(r, max_n) for r in refs],
+                             [len(r) for r in refs], smoothing)
 
 
 def div_bleu(
     samples: Sequence[Sample], max_n: int = 4, smoothing: str = "epsilon", tokenize: Tokenizer = "whitespace"
 ) -> float:
-    """Div-BLEU (Eq. 12): 1 - mean_i BLEU(o_i, the other samples). Needs at least 2 samples."""
+    """Div-BLEU (Eq. 12): 1 - mean_i BLEU(o_i, the other samples). Needs at least 2 samples.
+    Each sample's n-grams are counted once: O(k L) counting plus O(k^2 L) dictionary lookups."""
+    _check_smoothing(smoothing)
     if len(samples) < 2:
         raise ValueError(f"Div-BLEU needs at least 2 samples, got {len(samples)}")
     tokenized = [tokens_of(s, tokenize) for s in samples]
+    counts = [_order_counts(t, max_n) for t in tokenized]
+    lengths = [len(t) for t in tokenized]
     scores = [
-        bleu(tokenized[i], tokenized[:i] + tokenized[i + 1:], max_n=max_n, smoothing=smoothing)
+        _bleu_from_counts(counts[i], lengths[i], counts[:i] + counts[i + 1:], lengths[:i] + lengths[i + 1:], smoothing)
         for i in range(len(tokenized))
     ]
     return 1.0 - sum(scores) / len(scores)
@@ -195,16 +213,19 @@ def group_metrics(
     ngram_n: int = 2,
     bleu_max_n: int = 4,
     smoothing: str = "epsilon",
+    text_metrics: bool = True,
 ) -> dict[str, float]:
     """All metrics of the k samples of one prompt:
 
-    distinct_{n}, div_ngram, div_bleu (when k >= 2); with `correct`: accuracy, best_of_n and
-    distinct_correct (keyed by `answer_keys` when given, e.g. the Countdown reward's info["canonical"],
-    else by the stripped text)."""
-    out: dict[str, float] = {f"distinct_{n}": distinct_n(texts, n, tokenize) for n in distinct_orders}
-    out["div_ngram"] = div_ngram(texts, ngram_n, tokenize)
-    if len(texts) >= 2:
-        out["div_bleu"] = div_bleu(texts, bleu_max_n, smoothing, tokenize)
+    distinct_{n}, div_ngram, div_bleu (when k >= 2; all three only with `text_metrics`); with
+    `correct`: accuracy, best_of_n and distinct_correct (keyed by `answer_keys` when given, e.g. the
+    Countdown reward's info["canonical"], else by the stripped text)."""
+    out: dict[str, float] = {}
+    if text_metrics:
+        out.update({f"distinct_{n}": distinct_n(texts, n, tokenize) for n in distinct_orders})
+        out["div_ngram"] = div_ngram(texts, ngram_n, tokenize)
+        if len(texts) >= 2:
+            out["div_bleu"] = div_bleu(texts, bleu_max_n, smoothing, tokenize)
     if correct is not None:
         if len(correct) != len(texts):
             raise ValueError(f"{len(texts)} samples but {len(correct)} correctness values")

@@ -7,6 +7,8 @@ unless it already has $ or \\boxed); the prediction is the content of the LAST \
 the last "</think>" (the whole response when there is none). `require_think_close=True` scores a response
 without "</think>" as 0, like the authors' grader (BITHLP/PolicySplit compute_score); it is off by default.
 math-verify's timeouts use SIGALRM, which only works in the main thread: elsewhere they are disabled.
+In a RewardPool worker (rewards/pool.py) they are off too: the pool's per-sample timeout, which
+works in any thread and is counted in the metrics, governs there.
 
 `math_answer_key` is the same final answer as text without spaces: what maj@n votes on.
 """
@@ -18,11 +20,15 @@ import threading
 from typing import Any, Mapping
 
 from policy_split_megatron.rewards.extract import after_think, last_boxed
+from policy_split_megatron.rewards.pool import in_reward_worker
 
 TIMEOUT_SECONDS = 5
+POOL_PRELOAD = ("math_verify",)  # imported once by RewardPool's fork server, not by every worker
 
 
 def _timeout() -> int | None:
+    if in_reward_worker():
+        return None
     return TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
 
 

@@ -139,18 +139,30 @@ class Session:
 def generate_scored(session: Session, records: list[dict], *, step: int):
     """Render `records` in both modes, generate on this rank's replica, gather every replica's
     samples, and score them. Returns (prompts, samples, metrics) with identical prompts and
-    samples on every rank."""
+    samples on every rank. Each sample is scored once, by one rank's reward pool, and the scores
+    and diversity rows are gathered (trainer/scoring.py)."""
+    from policy_split_megatron.trainer.scoring import diversity_metrics, score_samples
+
     prompts, skipped = build_dual_mode_prompts(session.tokenizer, [r["prompt"] for r in records], session.rollout_config)
     result = session.engine.generate(shard_prompts(prompts, session.engine.layout), step=step)
     samples = all_gather_samples(result.samples, session.engine.layout)
-    rows = []
-    for sample in samples:
-        text = session.tokenizer.decode(sample.response_ids, skip_special_tokens=True)
-        scored = session.reward_fn(records[sample.prompt_index], text)
-        sample.reward = float(scored.reward)
-        rows.append({"prompt_id": sample.prompt_index, "mode": sample.mode, "text": text, "reward": sample.reward,
-                     "answer": scored.info.get("canonical")})
+    data, logging = session.config.data, session.config.logging
+    special = set(session.tokenizer.all_special_ids)
+
+    def text(sample):
+        return session.tokenizer.decode(sample.response_ids, skip_special_tokens=True)
+
+    def units(sample):
+        if logging.diversity_units == "words":
+            return text(sample).split()
+        return [t for t in sample.response_ids if t not in special]
+
+    scores, reward_metrics = score_samples(samples, records, session.reward_fn, text,
+                                           workers=data.reward_workers, timeout=data.reward_timeout)
+    for sample, score in zip(samples, scores):
+        sample.reward = float(score.reward)
     metrics = dict(skip_metrics(skipped))  # keys already carry their "rollout/" prefix
-    metrics.update(diversity_by_mode(rows, answer_key="answer", tokenize="chars"))
+    metrics.update(diversity_metrics(samples, scores, units, max_prompts=logging.diversity_max_prompts, seed=step))
+    metrics.update(reward_metrics)
     metrics.update(result.metrics.as_dict())  # this replica's generation counts and speed
     return prompts, samples, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -51,13 +51,12 @@ def test_run_then_evaluate_export_and_checkpoint(tmp_path, capsys):
             assert result[key] == pytest.approx(final[key], abs=1e-5), (source.name, key)
 
 
-def test_evaluate_refuses_what_is_not_a_model(tmp_path):
+def test_evaluate_refuses_what_is_not_a_model(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="neither an HF folder"):
-        main(["evaluate", str(tmp_path / "empty")])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["evaluate", str(tmp_path / "missing")])
     partial = tmp_path / "step_000001.partial"
     partial.mkdir()
-    with pytest.raises(Exception, match="partial checkpoint"):
-        main(["evaluate", str(partial)])
+    for path, message in ((tmp_path / "empty", "neither an HF folder"), (tmp_path / "missing", "does not exist"),
+                          (partial, "partial checkpoint")):
+        assert main(["evaluate", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("policy-split: error: ") and message in err[0], err

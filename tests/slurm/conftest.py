@@ -18,7 +18,7 @@ def _unavailable() -> str | None:
     missing = missing_binaries()
     if missing:
         return (f"Slurm/munge programs missing: {', '.join(missing)} "
-                "(apt-get install slurm-wlm munge; .ci/run does)")
+                "(bash scripts/install_slurm.sh installs them; scripts/test.sh runs it)")
     if os.geteuid() != 0:
         return "the local Slurm cluster runs slurmd/munged as root; run the slurm tests as root"
     return None

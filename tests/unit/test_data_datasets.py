@@ -1,22 +1,13 @@
 """Prompt datasets from local files: record format, validation errors naming file and line/row, Parquet
-(skipped without pyarrow), and the Countdown writer going through the same loader."""
+(pyarrow is a dependency: these fail, not skip, without it), and the Countdown writer going through
+the same loader."""
 
 import json
-import sys
 
 import pytest
 
 from policy_split_megatron.data import DatasetError, load_prompt_dataset, write_countdown_dataset, write_jsonl
 from policy_split_megatron.tasks.countdown import CountdownConfig, verify_expression
-
-try:
-    import pyarrow  # noqa: F401
-
-    HAVE_PYARROW = True
-except ImportError:
-    HAVE_PYARROW = False
-needs_pyarrow = pytest.mark.skipif(not HAVE_PYARROW, reason="pyarrow is not installed (pip install pyarrow)")
-
 
 def _write_lines(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
@@ -99,24 +90,6 @@ def test_json_array_and_directory(tmp_path):
     assert len(load_prompt_dataset(folder, max_records=1)) == 1
 
 
-@pytest.mark.skipif(HAVE_PYARROW, reason="checks the error shown when pyarrow is missing")
-def test_parquet_without_pyarrow_says_how_to_install(tmp_path):
-    path = tmp_path / "d.parquet"
-    path.write_bytes(b"PAR1")
-    with pytest.raises(ImportError, match="pip install pyarrow"):
-        load_prompt_dataset(path)
-
-
-def test_parquet_error_when_pyarrow_import_fails(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
-    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    path = tmp_path / "d.parquet"
-    path.write_bytes(b"PAR1")
-    with pytest.raises(ImportError, match=r"d.parquet needs pyarrow.*pip install pyarrow"):
-        load_prompt_dataset(path)
-
-
-@needs_pyarrow
 def test_parquet_records_and_row_errors(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

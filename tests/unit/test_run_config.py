@@ -64,7 +64,7 @@ def test_policy_split_knobs_are_mirrored_or_refused():
         ("data.countdown_eval_size=0", "data.countdown_eval_size"),
         ("data.no_such_field=1", "unknown field"),
         ("rollout.explore.temperature=0.5", "temperature must be equal"),
-        ("algorithm.erpd.teachers=[1]", "erpd.teachers must be a list of model folder paths"),
+        ("algorithm.erpd.teachers=[1]", "algorithm.erpd.teachers must be a list of str"),
     ],
 )
 def test_bad_values_fail_at_load(override, message):
