@@ -147,8 +147,9 @@ ps_run_training() {
     trap - USR1
     ps_log "training step exited with status $rc"
     if [[ -z $PS_SIGNALLED ]] && (( rc != 0 )); then
-        ps_log "error: the training step failed (the failing rank and host are named above); this job ends here." \
-               "Submitting the same command again resumes from the last checkpoint (<logging.dir>/checkpoints/latest)."
+        ps_log "error: the training step failed with status $rc (the failing rank and host are named above)." \
+               "A new job with the same command (or Slurm's own requeue after a node failure) resumes from the" \
+               "last checkpoint, <logging.dir>/checkpoints/latest."
     fi
     if [[ -n $PS_SIGNALLED ]]; then
         if (( ${SLURM_RESTART_COUNT:-0} < ${PS_MAX_REQUEUES:-50} )); then

@@ -179,6 +179,8 @@ def test_two_nodes_join_one_world_and_update_as_one_rank(slurm_two_nodes, launch
     # AdamW's first step is ~lr * sign(grad): rounding noise in near-zero gradients moves a few
     # weights by a fraction of lr (1e-3); a gradient not reduced over nodes moves many by ~lr
     worst = max_difference(after_two, after_one)
+    print(f"DP=2 over 2 nodes vs DP=1: weights differ by {worst:.2e} at most, the step moved them by {moved:.2e}; "
+          f"grad norm {row2['train/grad_norm']:.6f} vs {row1['train/grad_norm']:.6f}")
     assert worst <= 1e-5, f"DP=2 across nodes differs from DP=1 by {worst:.2e} (the step moved weights by {moved:.2e})"
 
 
@@ -276,6 +278,7 @@ def test_killed_rank_and_dead_node_resume_from_the_last_checkpoint(slurm_two_nod
     killed = time.monotonic()
     info = cluster.wait(first.id, timeout=120, poll=0.5)
     ended_after = time.monotonic() - killed
+    print(f"rank 1 killed after the checkpoint of step 1: job {first.id} {info.get('JobState')} {ended_after:.1f} s later")
     log = log_of(first)
     assert info.get("JobState") == "FAILED" and ended_after < 60, (
         f"the job should fail promptly, not hang: {info.get('JobState')} after {ended_after:.0f} s\n{log[-4000:]}")
@@ -298,6 +301,7 @@ def test_killed_rank_and_dead_node_resume_from_the_last_checkpoint(slurm_two_nod
         assert time.monotonic() < deadline, f"node2's death not handled after 120 s: {state}\n{log_of(second)[-4000:]}"
         time.sleep(0.5)
     requeued_after = time.monotonic() - killed
+    print(f"node2 killed after the checkpoint of step {resume_1 + 1}: job {second.id} requeued {requeued_after:.1f} s later")
     log = log_of(second)
     assert "Node failure on node2" in log or "DUE TO NODE FAILURE" in log, log[-4000:]
     assert requeued_after < 90, f"requeued only after {requeued_after:.0f} s"
