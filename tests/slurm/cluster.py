@@ -225,6 +225,7 @@ class Cluster:
         proc = self._procs.pop(f"slurmd-{name}", None)
         if proc is not None:
             proc.wait(timeout=10)
+        self._save_pids()
         node.kill_all(grace=0)
 
     def stop(self) -> None:
