@@ -14,8 +14,9 @@
 #
 # Environment knobs (all optional):
 #   POLICY_SPLIT_ROOT   repository checkout (default: the directory above the submitted script)
-#   POLICY_SPLIT_CMD    the command started in every task (default: $POLICY_SPLIT_ROOT/.venv/bin/policy-split
-#                       when it exists and no container is used, else `policy-split` from PATH)
+#   POLICY_SPLIT_CMD    the command started in every task (default without a container, when
+#                       $POLICY_SPLIT_ROOT/.venv/bin/python exists: that python -m policy_split_megatron.cli
+#                       with the checkout first on PYTHONPATH; otherwise `policy-split` from PATH)
 #   CONTAINER_IMAGE     pyxis image (e.g. nvcr.io/nvidia/nemo:25.09 or a .sqsh file); unset: no container
 #   CONTAINER_MOUNTS    pyxis mounts, "src:dst[,src:dst...]" (the checkout and data/run directories)
 #   CONTAINER_WORKDIR   working directory in the container (default: the submit directory)
@@ -33,8 +34,10 @@ ps_setup_env() {
     fi
     PS_ROOT=${POLICY_SPLIT_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
     if [[ -z ${POLICY_SPLIT_CMD:-} ]]; then
-        if [[ -z ${CONTAINER_IMAGE:-} && -x $PS_ROOT/.venv/bin/policy-split ]]; then
-            POLICY_SPLIT_CMD=$PS_ROOT/.venv/bin/policy-split
+        if [[ -z ${CONTAINER_IMAGE:-} && -x $PS_ROOT/.venv/bin/python ]]; then
+            # the checkout's own code (not whatever the venv's installed copy points to)
+            POLICY_SPLIT_CMD="$PS_ROOT/.venv/bin/python -m policy_split_megatron.cli"
+            export PYTHONPATH=$PS_ROOT${PYTHONPATH:+:$PYTHONPATH}
         else
             POLICY_SPLIT_CMD=policy-split
         fi
@@ -50,23 +53,35 @@ ps_setup_env() {
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 }
 
-# What every task runs: torch.distributed's variables from its own Slurm ones, then the command as
-# a child. A stop request reaches the step as SIGURG (`scancel --signal=URG`), which every process
-# ignores by default, and this wrapper turns it into SIGUSR1 for the trainer alone. (Slurm delivers
-# a step's signals to every process of the step: SIGUSR1 itself would also kill the helper
-# processes the trainer has at that moment, e.g. the writer megatron spawns while a checkpoint is
-# being saved, and that save would fail.)
+# What every task runs: torch.distributed's variables from its own Slurm ones (and a line naming
+# the rank and host), then the command as a child; when the child ends, a line naming the rank and
+# host if it failed, and whatever the child left running is ended. A stop request reaches the step
+# as SIGURG (`scancel --signal=URG`), which every process ignores by default, and this wrapper turns
+# it into SIGUSR1 for the trainer alone. (Slurm delivers a step's signals to every process of the
+# step: SIGUSR1 itself would also kill the helper processes the trainer has at that moment, e.g. the
+# writer megatron spawns while a checkpoint is being saved, and that save would fail.)
 PS_TASK_SCRIPT=$(cat <<'TASK'
 export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+echo "[policy-split] rank $RANK of $WORLD_SIZE (local rank $LOCAL_RANK) on $(uname -n), rendezvous ${MASTER_ADDR:-<derived>}:${MASTER_PORT:-<derived>}"
 child=""
 trap '[ -n "$child" ] && kill -USR1 "$child" 2>/dev/null' URG
 trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM
+set -m  # the trainer in a process group of its own, so that its helpers can be ended with it
 "$@" &
 child=$!
 while :; do
     wait "$child"
     rc=$?
     if [ "$rc" -gt 128 ] && kill -0 "$child" 2>/dev/null; then continue; fi
+    # name the rank and host that failed first: in a log of many nodes the rest is collateral
+    if [ "$rc" -gt 128 ]; then
+        echo "[policy-split] rank $RANK on $(uname -n): the trainer was killed by SIG$(kill -l $((rc - 128)))" >&2
+    elif [ "$rc" -ne 0 ]; then
+        echo "[policy-split] rank $RANK on $(uname -n): the trainer exited with status $rc" >&2
+    fi
+    # helpers a killed trainer leaves behind (checkpoint writers, engine workers) would hold the
+    # step's output open, and Slurm would wait 60 s for it before ending the step
+    kill -KILL -- "-$child" 2>/dev/null
     exit "$rc"
 done
 TASK
@@ -131,6 +146,11 @@ ps_run_training() {
     done
     trap - USR1
     ps_log "training step exited with status $rc"
+    if [[ -z $PS_SIGNALLED ]] && (( rc != 0 )); then
+        ps_log "error: the training step failed with status $rc (the failing rank and host are named above)." \
+               "A new job with the same command (or Slurm's own requeue after a node failure) resumes from the" \
+               "last checkpoint, <logging.dir>/checkpoints/latest."
+    fi
     if [[ -n $PS_SIGNALLED ]]; then
         if (( ${SLURM_RESTART_COUNT:-0} < ${PS_MAX_REQUEUES:-50} )); then
             ps_log "requeueing job $SLURM_JOB_ID (restart $(( ${SLURM_RESTART_COUNT:-0} + 1 ))); it resumes from the last checkpoint"
