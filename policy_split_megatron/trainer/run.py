@@ -69,7 +69,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     policy = session.policy
     is_main = dist.get_rank() == 0
     checkpoints = Path(config.logging.dir) / "checkpoints"
-    log = MetricsLog(config.logging.dir, enabled=is_main, tensorboard=config.logging.tensorboard)
+    log = MetricsLog.for_run(config, enabled=is_main)
     stop = _StopRequest()
 
     start_step, sampler_state = 0, None
@@ -84,6 +84,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
             policy.scheduler.load_state_dict(common["scheduler"])
         if not common["optimizer_restored"]:
             policy.weights_changed()
+        log.resume_from(start_step, checkpoint=latest)  # steps logged after the checkpoint are redone
     else:
         if config.warm_start.steps:
             records = session.train_set.records

@@ -19,7 +19,6 @@ from policy_split_megatron.bridge import SafetensorsSource
 from policy_split_megatron.bridge.hf_folder import resolve_dtype
 from policy_split_megatron.config import RunConfig
 from policy_split_megatron.data import PromptSampler, load_prompt_dataset
-from policy_split_megatron.metrics.diversity import diversity_by_mode
 from policy_split_megatron.engine import PolicyEngine
 from policy_split_megatron.model import ModelArchitecture, architecture_from_hf
 from policy_split_megatron.model.builder import recompute_overrides

@@ -113,7 +113,7 @@ def unavailable() -> str | None:
     """Why namespaces cannot be made here (None when they can): tried, not guessed."""
     missing = [p for p in PROGRAMS if _program(p) == p]
     if missing:
-        return f"{', '.join(missing)} missing (apt-get install iproute2 util-linux; .ci/run does)"
+        return f"{', '.join(missing)} missing (bash scripts/install_slurm.sh installs them)"
     if os.geteuid() != 0:
         return "network namespaces need root"
     probe = subprocess.run([_program("unshare"), "--net", "--uts", "--mount", "--propagation", "slave", "true"],

@@ -212,21 +212,12 @@ def test_only_rank_0_writes_the_run(slurm_two_nodes, launched):
     assert not weights, f"rank 1 wrote model weights into the checkpoint: {weights[:5]}"
 
 
-class MetricsNotReduced(AssertionError):
-    pass
-
-
-@pytest.mark.xfail(strict=True, raises=MetricsNotReduced, reason=(
-    "known defect, reported for trainer/run.py (not this branch's to change): the per-step metrics of "
-    "prepare_step (rewards, entropies, lengths, advantages) and policy_update (loss, entropy, tokens) are "
-    "rank 0's shard, not reduced over data-parallel ranks"))
 def test_logged_metrics_describe_the_whole_batch(slurm_two_nodes, launched):
     _, _, row2, row1 = _finished_pair(slurm_two_nodes, launched)
     keys = sorted(k for k in row1 if k.startswith(("normal/", "high_entropy/", "inter_mode/", "advantage/", "train/")))
     differ = {k: (row1[k], row2.get(k)) for k in keys
               if row2.get(k) is None or abs(row2[k] - row1[k]) > 1e-4 * max(1.0, abs(row1[k]))}
-    if differ:
-        raise MetricsNotReduced(f"DP=2 logged other values than DP=1 for {len(differ)} metrics: {differ}")
+    assert not differ, f"DP=2 logged other values than DP=1 for {len(differ)} metrics: {differ}"
 
 
 # -- NeMo-Run -------------------------------------------------------------------------------------

@@ -16,4 +16,6 @@ def test_ci_runs_the_readme_test_command_which_installs_slurm_first():
              if line and not line.startswith(("#", "set ", "cd "))]
     assert steps == ["bash scripts/install_slurm.sh", "bash scripts/setup.sh", 'exec .venv/bin/python -m pytest "$@"']
     installer = (REPO / "scripts" / "install_slurm.sh").read_text()
-    assert "apt-get install -y -qq slurm-wlm munge" in installer
+    assert 'apt-get install -y -qq "${packages[@]}"' in installer
+    for package in ("slurm-wlm", "munge", "iproute2", "util-linux"):  # the one- and two-node clusters
+        assert f"packages+=({package})" in installer, package
