@@ -95,3 +95,11 @@ def dp_weighted_means(pairs: Mapping[str, tuple[float, float]]) -> dict[str, flo
     if parallel_state.get_data_parallel_world_size() > 1:
         dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
     return {k: s / w for k, (s, w) in zip(keys, values.tolist()) if w > 0}
+
+
+def dp_max(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`'s elementwise maximum over the data-parallel ranks (a new tensor on its device)."""
+    staged = tensor.detach().to(comm_device()).clone()
+    if parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(staged, op=dist.ReduceOp.MAX, group=parallel_state.get_data_parallel_group())
+    return staged.to(tensor.device)

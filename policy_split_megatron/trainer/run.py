@@ -20,6 +20,7 @@ from megatron.core import parallel_state
 from tqdm import tqdm
 
 from policy_split_megatron.algorithms import requirements
+from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, NORMAL
 from policy_split_megatron.config import RunConfig
 from policy_split_megatron.distributed import ParallelLayout, init_distributed
 from policy_split_megatron.engine.collectives import agree_max
@@ -30,7 +31,8 @@ from policy_split_megatron.trainer.checkpoint import latest_checkpoint, load_che
 from policy_split_megatron.trainer.evaluate import evaluate, format_table
 from policy_split_megatron.trainer.metrics_log import MetricsLog
 from policy_split_megatron.trainer.reference import load_teachers, needs_reference, prepare_reference
-from policy_split_megatron.trainer.session import Session, generate_scored
+from policy_split_megatron.trainer.dynamic_sampling import step_rollouts
+from policy_split_megatron.trainer.session import Session
 from policy_split_megatron.trainer.step import prepare_step
 from policy_split_megatron.trainer.update import policy_update
 from policy_split_megatron.trainer.warm_start import warm_start
@@ -120,37 +122,17 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     for step in bar:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        records = session.sampler.next_batch()
-        prompts, samples, gen_metrics = generate_scored(session, records, step=step)
+        records, prompts, samples, gen_metrics = step_rollouts(session, step=step)
         session.engine.sleep()  # CUDA: give the KV cache (and weights) back while Megatron trains; CPU: no-op
         timings["time/rollout"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        prepared = prepare_step(
-            policy, config.algorithm, _my_prompts(prompts, dp_rank, dp_size), samples,
-            pad_token_id=session.pad_token_id, token_budget=config.train.micro_batch_tokens,
-            num_prompts=len(records), mini_batches=config.train.mini_batches,
-            reference=reference, teachers=teachers,
-        )
-        timings["time/logprob"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        update_metrics = policy_update(
-            policy, prepared.update, config.algorithm, epochs=config.train.ppo_epochs,
-            mini_batches=config.train.mini_batches, micro_batch_tokens=config.train.micro_batch_tokens, step=step,
-            # Clip-Cov's random token selection: seeded by (seed, step, DATA-parallel rank), so the
-            # tensor-parallel (and pipeline) peers that share one loss draw the same tokens, and not
-            # carried across steps, so a resumed run draws the same
-            generator=_selection_generator(config.train.seed, step, dp_rank, policy.device),
-        )
-        timings["time/train"] = time.perf_counter() - t0
+        learned = _learn(session, reference, teachers, records, prompts, samples, step=step, timings=timings)
 
         t0 = time.perf_counter()
         sync = session.engine.refit(policy.module, session.arch)  # wake weights, sync, wake KV cache
         timings["time/sync"] = time.perf_counter() - t0
 
-        metrics = {**prepared.metrics, **gen_metrics, **{f"train/{k}": v for k, v in update_metrics.items()},
-                   **sync.as_dict(), **timings}
+        metrics = {**learned, **gen_metrics, **sync.as_dict(), **timings}
         log.write(step + 1, metrics)
         reward = metrics.get("normal/reward", float("nan"))
         bar.set_postfix(reward=f"{reward:.3f}", he=f"{metrics.get('high_entropy/reward', float('nan')):.3f}")
@@ -190,6 +172,37 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     log.close()
     session.close()
     return metrics
+
+
+def _learn(session, reference, teachers, records, prompts, samples, *, step: int, timings: dict) -> dict:
+    """Old log-probs, advantages and the optimizer updates of one step; their metrics. A step whose
+    rollouts kept no prompt (dynamic sampling: every group uniform; the same on every rank) makes no
+    update: an Adam step on a zero gradient would still move the weights with its old moments."""
+    config, policy = session.config, session.policy
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    if not prompts:
+        return {"train/skipped_update": 1.0}
+    t0 = time.perf_counter()
+    prepared = prepare_step(
+        policy, config.algorithm, _my_prompts(prompts, dp_rank, dp_size), samples,
+        pad_token_id=session.pad_token_id, token_budget=config.train.micro_batch_tokens,
+        num_prompts=len(records), mini_batches=config.train.mini_batches,
+        max_tokens={NORMAL: config.rollout.normal.max_tokens, HIGH_ENTROPY: config.rollout.explore.max_tokens},
+        reference=reference, teachers=teachers,
+    )
+    timings["time/logprob"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    update_metrics = policy_update(
+        policy, prepared.update, config.algorithm, epochs=config.train.ppo_epochs,
+        mini_batches=config.train.mini_batches, micro_batch_tokens=config.train.micro_batch_tokens, step=step,
+        # Clip-Cov's random token selection: seeded by (seed, step, DATA-parallel rank), so the
+        # tensor-parallel (and pipeline) peers that share one loss draw the same tokens, and not
+        # carried across steps, so a resumed run draws the same
+        generator=_selection_generator(config.train.seed, step, dp_rank, policy.device),
+    )
+    timings["time/train"] = time.perf_counter() - t0
+    return {**prepared.metrics, **{f"train/{k}": v for k, v in update_metrics.items()}}
 
 
 def _selection_generator(seed: int, step: int, dp_rank: int, device: torch.device) -> torch.Generator:

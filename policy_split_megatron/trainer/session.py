@@ -101,7 +101,12 @@ class Session:
         reward_fn = load_reward_fn(config.data.reward)
         # The engine samples from the same numbers the trainer scores: same dtype unless asked otherwise.
         engine_dtype = config.model.params_dtype if config.rollout.dtype == "auto" else config.rollout.dtype
-        rollout_config = dataclasses.replace(config.rollout, model_path=str(model_dir), dtype=engine_dtype)
+        # train.seed varies the engine's request seeds too (a seed must vary everything random in a run);
+        # train.seed=0 leaves rollout.*.seed as they are.
+        seeds = {mode: dataclasses.replace(sampling, seed=None if sampling.seed is None
+                                           else sampling.seed + 1_000_003 * config.train.seed)
+                 for mode, sampling in (("normal", config.rollout.normal), ("explore", config.rollout.explore))}
+        rollout_config = dataclasses.replace(config.rollout, model_path=str(model_dir), dtype=engine_dtype, **seeds)
 
         policy = PolicyEngine(arch, params_dtype=resolve_dtype(config.model.params_dtype),
                               precision=config.model.precision, optimizer=config.optimizer,

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from policy_split_megatron.algorithms import RolloutBatch, compute_advantages, requirements
+from policy_split_megatron.algorithms import entropy_baselines as eb
+from policy_split_megatron.algorithms import rollout_correction as rc
 from policy_split_megatron.algorithms.config import AlgorithmConfig
 from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, MODE_NAMES, NORMAL
 from policy_split_megatron.algorithms.policy_split import QuarterBatch, build_quarters, inter_mode_kl
 from policy_split_megatron.engine import PolicyEngine, score_rows
-from policy_split_megatron.engine.collectives import dp_weighted_means
+from policy_split_megatron.engine.collectives import dp_max, dp_sum, dp_weighted_means
 from policy_split_megatron.metrics.diversity import entropy_bits
 from policy_split_megatron.rollout import DualModePrompt, Sample
 from policy_split_megatron.trainer.update import UpdateBatch, mini_batch_of_prompts
@@ -47,6 +49,8 @@ def _on_device(rows: QuarterBatch, device: torch.device) -> QuarterBatch:
                                                       "response_lengths")}
     if rows.rewards is not None:
         moved["rewards"] = rows.rewards.to(device)
+    elif len(rows) == 0:  # a rank without prompts this step: it still takes part in every collective
+        moved["rewards"] = torch.zeros(0, device=device)
     return QuarterBatch(**{**rows.__dict__, **moved})
 
 
@@ -60,6 +64,7 @@ def prepare_step(
     token_budget: int,
     num_prompts: int,
     mini_batches: int = 1,
+    max_tokens: dict[int, int] | None = None,
     reference: PolicyEngine | None = None,
     teachers: list[PolicyEngine] = (),
 ) -> PreparedStep:
@@ -67,7 +72,8 @@ def prepare_step(
     data-parallel rank's prompts (whole groups: every sample of a prompt is here).
 
     `num_prompts`: prompts of the whole step (DualModePrompt.index is in [0, num_prompts)), which
-    places each row in its mini-batch. `reference` (frozen, trainer/reference.py): its log-probs
+    places each row in its mini-batch. `max_tokens`: the rollout's generation limit per mode (DAPO's
+    soft overlong penalty). `reference` (frozen, trainer/reference.py): its log-probs
     become `UpdateBatch.ref_log_probs` when the reference KL is on; for ERPD stage 2 it is the base
     and its log-probs ARE pi_old (never re-anchored to the current policy). `teachers`: ERPD stage
     2's frozen teachers."""
@@ -82,13 +88,20 @@ def prepare_step(
         rows = rows.select(torch.nonzero(rows.conditioning_mode == NORMAL).squeeze(-1))
     lengths = rows.prompt_lengths + rows.response_lengths
     global_prompt = torch.tensor([prompts[i].index for i in rows.prompt_index.tolist()], dtype=torch.long)
+    # What the engine knew of each row's response: its own log-prob of every sampled token (the
+    # behaviour policy of the rollout correction) and whether it stopped at its length limit.
+    engine_logp = rc.scatter_sample_values([s.logprobs for s in samples], rows.response_mask, rows.sample_index)
+    truncated = torch.tensor([samples[i].finish_reason == "length" for i in rows.sample_index.tolist()])
+    limit = None if max_tokens is None else torch.tensor([max_tokens[int(m)] for m in rows.source_mode.tolist()])
     rows = _on_device(rows, engine.device)
+    engine_logp = engine_logp.to(engine.device)
 
     def score(model: PolicyEngine) -> tuple[torch.Tensor, torch.Tensor]:
         return score_rows(model, rows.input_ids, lengths, token_budget=token_budget)
 
     old_logp, old_entropy = score(engine)
     metrics = rollout_metrics(rows, old_logp, old_entropy)  # (value, weight) pairs, reduced at the end
+    mismatch = mismatch_metrics(rows, old_logp, engine_logp)  # already reduced over DP
     need = requirements(cfg)
     stage2 = cfg.name == "erpd" and cfg.erpd.stage == 2
     ref_logp = None
@@ -119,9 +132,20 @@ def prepare_step(
             source_mode=rows.source_mode if need.quarters else None,
             partner_index=rows.partner_index if need.quarters else None,
             teacher_log_probs=teacher_logp,
+            engine_log_probs=engine_logp if need.engine_log_probs else None,
+            truncated=truncated.to(engine.device) if need.truncated else None,
+            max_response_length=None if limit is None else limit.to(engine.device),
+            forking_threshold=(eb.global_forking_threshold(old_entropy, rows.response_mask,
+                                                           cfg.forking_tokens.top_fraction, dp_sum)
+                               if need.forking_threshold else None),
+            batch_mean_entropy=(eb.batch_mean_entropy_from_stats(dp_sum(eb.response_entropy_stats(
+                old_entropy, rows.response_mask))) if need.batch_mean_entropy else None),
         ),
     )
-    metrics.update({f"advantage/{k}": (float(v), len(rows)) for k, v in adv.metrics.items()
+    # token-weighted over ranks: exact for means over all response tokens (adv_abs_mean); a mean over a
+    # subset of tokens (e.g. he_bonus_mean, HE rows only) is approximated by its rank's token share
+    tokens = float(rows.response_mask.sum())
+    metrics.update({f"advantage/{k}": (float(v), tokens) for k, v in adv.metrics.items()
                     if torch.as_tensor(v).numel() == 1})
     update = UpdateBatch(
         input_ids=rows.input_ids,
@@ -131,9 +155,25 @@ def prepare_step(
         response_mask=adv.response_mask,
         gradient_mask=adv.gradient_mask,
         ref_log_probs=ref_logp if need.ref_log_probs else None,
+        rollout_weights=adv.rollout_weights,
         mini_batch=mini_batch_of_prompts(global_prompt, num_prompts, mini_batches),
     )
-    return PreparedStep(update, reduce_step_metrics(metrics))
+    return PreparedStep(update, {**reduce_step_metrics(metrics), **mismatch})
+
+
+def mismatch_metrics(rows: QuarterBatch, old_logp: torch.Tensor, engine_logp: torch.Tensor) -> dict[str, float]:
+    """Per generating mode, on the rows scored under the conditioning that generated them: how far the
+    trainer's pi_old is from the engine's sampling probabilities (mean and max |log ratio|, k3 KL,
+    fraction of tokens with |log ratio| > 0.5), over all data-parallel ranks. Logged every step,
+    whether or not the correction is on."""
+    out: dict[str, float] = {}
+    stats = rc.mismatch_stats_by_mode(old_logp, engine_logp, rows.response_mask, rows.conditioning_mode,
+                                      rows.source_mode)
+    for mode, (sums, top) in stats.items():
+        sums, top = dp_sum(sums), dp_max(top)
+        if float(sums[3]) > 0:
+            out.update(rc.mismatch_metrics_from_stats(sums, top, prefix=f"{mode}/rollout_mismatch/"))
+    return out
 
 
 def rollout_metrics(rows: QuarterBatch, old_logp: torch.Tensor, old_entropy: torch.Tensor) -> dict[str, float]:

@@ -38,6 +38,7 @@ class UpdateBatch:
     response_mask: torch.Tensor  # [B, L] bool
     gradient_mask: torch.Tensor | None = None  # [B, L] bool (Forking Tokens)
     ref_log_probs: torch.Tensor | None = None  # [B, L] frozen reference policy (ppo.kl_coef > 0)
+    rollout_weights: torch.Tensor | None = None  # [B, L] truncated IS weights of the rollout correction
     mini_batch: torch.Tensor | None = None  # [B] long: the mini-batch of each row (None: all in 0)
 
     def to(self, device: torch.device) -> "UpdateBatch":
@@ -79,7 +80,8 @@ class _LossOfMicroBatch:
             self.cfg,
             MicroBatch(log_probs=log_probs, old_log_probs=rows(b.old_log_probs), advantages=rows(b.advantages),
                        response_mask=mask, gradient_mask=rows(b.gradient_mask),
-                       entropy=entropy if self.needs_entropy else entropy.detach(), ref_log_probs=rows(b.ref_log_probs)),
+                       entropy=entropy if self.needs_entropy else entropy.detach(), ref_log_probs=rows(b.ref_log_probs),
+                       rollout_weights=rows(b.rollout_weights)),
             global_denominator=1.0, step=self.step, generator=self.generator, centering_means=self.means)
         count = loss_denominator(self.cfg, mask)
         tokens = mask.sum().to(torch.float64)
