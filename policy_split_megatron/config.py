@@ -65,10 +65,23 @@ class ParallelConfig:
     """Megatron pipeline-parallel size: layers split over stages, every forward/backward through
     megatron-core's 1F1B schedule. Must divide the layer count."""
 
+    virtual_pipeline_parallel: int | None = None
+    """Model chunks per pipeline stage (megatron-core's interleaved 1F1B schedule: a smaller pipeline
+    bubble for more point-to-point traffic). None: one chunk. Needs pipeline_parallel > 1; the layer
+    count must be divisible by pipeline_parallel x virtual_pipeline_parallel."""
+
     def __post_init__(self) -> None:
         for name in ("tensor_parallel", "pipeline_parallel"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"parallel.{name}", "an int >= 1", value)
+        vpp = self.virtual_pipeline_parallel
+        _require(vpp is None or (isinstance(vpp, int) and vpp >= 2 and self.pipeline_parallel > 1),
+                 "parallel.virtual_pipeline_parallel", "None, or an int >= 2 with parallel.pipeline_parallel > 1", vpp)
+
+    def layout(self):
+        from policy_split_megatron.distributed import ParallelLayout
+
+        return ParallelLayout(self.tensor_parallel, self.pipeline_parallel, self.virtual_pipeline_parallel)
 
 
 @dataclass

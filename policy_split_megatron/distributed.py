@@ -34,10 +34,12 @@ class LayoutError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ParallelLayout:
-    """The parallel layout of the Megatron policy. world_size = tp * pp * dp."""
+    """The parallel layout of the Megatron policy. world_size = tp * pp * dp. `virtual_pipeline`:
+    model chunks per pipeline stage (the interleaved 1F1B schedule); None = one."""
 
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
+    virtual_pipeline: int | None = None
 
     def data_parallel(self, world_size: int) -> int:
         model_parallel = self.tensor_parallel * self.pipeline_parallel
@@ -206,6 +208,7 @@ def init_distributed(
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=layout.tensor_parallel,
             pipeline_model_parallel_size=layout.pipeline_parallel,
+            virtual_pipeline_model_parallel_size=layout.virtual_pipeline,
         )
 
 

@@ -149,12 +149,18 @@ def load_hf_weights(model: torch.nn.Module, arch: ModelArchitecture, tensors: Ma
         param.copy_(shard)
 
 
+def model_chunks(model) -> list[torch.nn.Module]:
+    """This rank's model chunks: one GPTModel stage, or one per virtual pipeline stage (a list)."""
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
 @dataclass(frozen=True)
 class ExportTask:
-    """One Megatron parameter to export: which pipeline stage owns it and the shapes/dtype of the
-    HF tensors it becomes (so other stages can receive them without asking)."""
+    """One Megatron parameter to export: which pipeline stage (and virtual-stage chunk of it) owns it
+    and the shapes/dtype of the HF tensors it becomes (so other stages can receive them without asking)."""
 
     owner_stage: int
+    chunk: int
     local_name: str
     hf_names: tuple[str, ...]
     hf_shapes: tuple[tuple[int, ...], ...]
@@ -162,22 +168,24 @@ class ExportTask:
     mapping: ParamMapping
 
 
-def export_plan(model: torch.nn.Module, arch: ModelArchitecture) -> list[ExportTask]:
-    """The ordered export tasks of the whole model (all pipeline stages). Collective over the
-    pipeline group; cache the result, it depends only on the model's structure."""
+def export_plan(model, arch: ModelArchitecture) -> list[ExportTask]:
+    """The ordered export tasks of the whole model (all pipeline stages). `model`: this rank's stage,
+    or its list of virtual-stage chunks. Collective over the pipeline group; cache the result, it
+    depends only on the model's structure."""
     _, tp_size = _tp()
-    params = dict(model.named_parameters())
     stage = parallel_state.get_pipeline_model_parallel_rank()
     local = []
-    for entry in resolve_parameters(model, arch):
-        if entry.local_name == "output_layer.weight" and arch.tie_word_embeddings:
-            continue  # a copy of the embedding, exported from the first stage
-        param = params[entry.local_name]
-        meta = [torch.empty(param.shape, dtype=param.dtype, device="meta")] * tp_size
-        if entry.mapping.layout.name == "replicated":
-            meta = meta[:1]
-        shapes = tuple(tuple(t.shape) for t in entry.mapping.layout.unshard(meta, arch))
-        local.append(ExportTask(stage, entry.local_name, entry.hf_names, shapes, param.dtype, entry.mapping))
+    for chunk, module in enumerate(model_chunks(model)):
+        params = dict(module.named_parameters())
+        for entry in resolve_parameters(module, arch):
+            if entry.local_name == "output_layer.weight" and arch.tie_word_embeddings:
+                continue  # a copy of the embedding, exported from the first stage
+            param = params[entry.local_name]
+            meta = [torch.empty(param.shape, dtype=param.dtype, device="meta")] * tp_size
+            if entry.mapping.layout.name == "replicated":
+                meta = meta[:1]
+            shapes = tuple(tuple(t.shape) for t in entry.mapping.layout.unshard(meta, arch))
+            local.append(ExportTask(stage, chunk, entry.local_name, entry.hf_names, shapes, param.dtype, entry.mapping))
     pp_size = parallel_state.get_pipeline_model_parallel_world_size()
     if pp_size == 1:
         return local
@@ -188,18 +196,19 @@ def export_plan(model: torch.nn.Module, arch: ModelArchitecture) -> list[ExportT
 
 @torch.no_grad()
 def export_hf_weights(
-    model: torch.nn.Module, arch: ModelArchitecture, plan: list[ExportTask] | None = None
+    model, arch: ModelArchitecture, plan: list[ExportTask] | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (hf_name, full tensor) for every HF tensor, on every rank of the model-parallel group.
-    All ranks must consume the iterator in step (it issues collectives)."""
+    `model`: this rank's stage or its virtual-stage chunks. All ranks must consume the iterator in
+    step (it issues collectives)."""
     plan = export_plan(model, arch) if plan is None else plan
-    params = dict(model.named_parameters())
+    params = [dict(module.named_parameters()) for module in model_chunks(model)]
     tp_rank, tp_size = _tp()
     stage = parallel_state.get_pipeline_model_parallel_rank()
     pp_size = parallel_state.get_pipeline_model_parallel_world_size()
     for task in plan:
         if task.owner_stage == stage:
-            local = exportable(params[task.local_name])
+            local = exportable(params[task.chunk][task.local_name])
             if task.mapping.layout.name == "replicated" or tp_size == 1:
                 shards = [local] * (1 if task.mapping.layout.name == "replicated" else tp_size)
             else:

@@ -131,6 +131,26 @@ def build_pack(input_ids: torch.Tensor, lengths: torch.Tensor, rows: list[int], 
     )
 
 
+def pad_pack(pack: Pack, num_tokens: int) -> Pack:
+    """`pack` grown to `num_tokens` by one trailing segment of its own (attention never reaches it,
+    nothing reads its values back): pipeline stages then exchange activations of one fixed shape."""
+    extra = num_tokens - pack.num_tokens
+    if extra < 0:
+        raise ValueError(f"cannot pad a pack of {pack.num_tokens} tokens to {num_tokens}")
+    if extra == 0:
+        return pack
+    device = pack.input_ids.device
+    input_ids = torch.cat([pack.input_ids, pack.input_ids[:, -1:].expand(1, extra)], dim=1)
+    return replace(
+        pack,
+        input_ids=input_ids,
+        next_ids=torch.roll(input_ids, -1, dims=1),
+        position_ids=torch.cat([pack.position_ids, torch.arange(extra, device=device).unsqueeze(0)], dim=1),
+        cu_seqlens=torch.cat([pack.cu_seqlens, pack.cu_seqlens[-1:] + extra]),
+        max_seqlen=max(pack.max_seqlen, extra),
+    )
+
+
 def dummy_pack(alignment: int = 1, token_id: int = 0) -> Pack:
     """A one-row pack of `alignment` tokens for a rank that has no rows in a micro-batch slot:
     every rank must run the schedule (its collectives) the same number of times; the loss

@@ -2,10 +2,9 @@
 
 `PolicyEngine` owns this rank's model stage and everything megatron-core needs to train it:
 
-- the `GPTModel` stage (`model/builder.py`) with `calculate_per_token_loss=True` (losses are
-  normalised by global token/sequence counts: `engine/schedule.py`) and, at PP > 1,
-  `variable_seq_lengths=True` (packed micro-batches differ in length, so the pipeline's
-  point-to-point sends exchange shapes first);
+- the `GPTModel` stage (`model/builder.py`), one chunk per virtual pipeline stage, with
+  `calculate_per_token_loss=True` (losses are normalised by global token/sequence counts:
+  `engine/schedule.py`);
 - megatron-core's `DistributedDataParallel` around it: contiguous fp32 gradient buffers, the
   gradient reduce-scatter/all-reduce, the TP sum of QK-norm gradients and the tied-embedding
   gradient sum over pipeline stages (`finalize_model_grads`);
@@ -64,13 +63,13 @@ class PolicyEngine:
         self.optimizer_config = optimizer or OptimizerConfig()
         self.optimizer_config.check_device(torch.cuda.is_available())
         self.temperature, self.logprob_chunk_size = temperature, logprob_chunk_size
-        pp = parallel_state.get_pipeline_model_parallel_world_size()
-        # megatron-core 0.16.1 refuses variable_seq_lengths with the default MoE token dispatcher
-        # ("allgather") even in a dense model; the dispatcher is unused without experts.
-        variable = dict(variable_seq_lengths=True, moe_token_dispatcher_type="alltoall") if pp > 1 else {}
-        module = build_policy_model(arch, params_dtype=params_dtype, precision=precision,
-                                    calculate_per_token_loss=True, **variable, **model_overrides)
-        self.modules: list[torch.nn.Module] = [module]  # one chunk per virtual stage
+        vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
+        # one chunk per virtual pipeline stage (interleaved schedule), else one stage
+        self.modules: list[torch.nn.Module] = [
+            build_policy_model(arch, params_dtype=params_dtype, precision=precision, vp_stage=vp_stage,
+                               calculate_per_token_loss=True, **model_overrides)
+            for vp_stage in (range(vpp) if vpp else [None])]
+        module = self.modules[0]
         self.model: list[torch.nn.Module] = self.modules  # what the schedule runs (DDP-wrapped below)
         self.trainable = trainable
         self.optimizer = None
@@ -82,10 +81,13 @@ class PolicyEngine:
             from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 
             with megatron_on_cpu():
+                # as Megatron-LM does: only the first chunk buckets its gradients for overlap
                 self.model = [DistributedDataParallel(config=m.config, ddp_config=megatron_ddp_config(
-                    self.optimizer_config), module=m) for m in self.modules]
-            config.no_sync_func = self.model[0].no_sync if len(self.model) == 1 else [m.no_sync for m in self.model]
-            config.finalize_model_grads_func = finalize_model_grads
+                    self.optimizer_config), module=m, disable_bucketing=i > 0) for i, m in enumerate(self.modules)]
+            for m in self.modules:  # the schedule reads the first chunk's config; keep them alike
+                m.config.no_sync_func = (self.model[0].no_sync if len(self.model) == 1
+                                         else [ddp.no_sync for ddp in self.model])
+                m.config.finalize_model_grads_func = finalize_model_grads
         else:
             for m in self.modules:
                 m.requires_grad_(False)
@@ -95,9 +97,10 @@ class PolicyEngine:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The unwrapped stage (what the bridge reads and writes)."""
+        """The unwrapped stage, without virtual pipeline stages (the bridge, the checkpoints and the
+        weight sync take `modules`, which works in both cases)."""
         if len(self.modules) != 1:
-            raise NotImplementedError("several virtual pipeline chunks: use engine.modules")
+            raise RuntimeError("this engine has virtual pipeline chunks: use engine.modules")
         return self.modules[0]
 
     def load_hf_weights(self, source: Mapping[str, torch.Tensor]) -> None:
@@ -154,7 +157,7 @@ class PolicyEngine:
         """Packs (already on `self.device`) through megatron-core's schedule; the last stage's reports.
         `temperature`: of the log-probs the loss sees (default: the engine's, the rollout's)."""
         kwargs = dict(temperature=self.temperature if temperature is None else temperature,
-                      chunk_size=self.logprob_chunk_size, vocab_size=self.arch.vocab_size)
+                      chunk_size=self.logprob_chunk_size, vocab_size=self.arch.vocab_size, alignment=self.alignment)
         if forward_only:
             with torch.no_grad():
                 return run_schedule(self.model, packs, loss_fn, forward_only=True, **kwargs)

@@ -34,7 +34,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from policy_split_megatron.cpu_shims import megatron_on_cpu
-from policy_split_megatron.engine.packing import Pack
+from policy_split_megatron.engine.packing import Pack, dummy_pack, pad_pack
 from policy_split_megatron.ops import logprobs_and_entropy
 
 LossFn = Callable[[Pack, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict]]
@@ -72,15 +72,30 @@ def run_schedule(
     temperature: float,
     chunk_size: int | None,
     vocab_size: int,
+    alignment: int = 1,
 ) -> list[dict]:
     """Run the packs through megatron-core's schedule on every rank of the pipeline (all ranks
     must pass the same number of packs with the same shapes; the data itself is replicated across
     the TP and PP ranks of a data-parallel replica). Returns the last stage's reports, one per
     pack, in order ([] on other stages). `model`: this rank's model chunks (DDP-wrapped for
-    training; plain modules are fine for forward-only passes)."""
+    training; plain modules are fine for forward-only passes). With several chunks (the interleaved
+    schedule) the micro-batches are padded with zero-weight placeholders to a multiple of the
+    pipeline size, which megatron-core's interleaved schedule requires."""
     if not packs:
         raise ValueError("run_schedule needs at least one micro-batch (use engine.packing.dummy_pack)")
     model = list(model)
+    given = len(packs)
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    if len(model) > 1:
+        device = packs[0].input_ids.device
+        packs = list(packs) + [dummy_pack(alignment).to(device) for _ in range(-given % pp)]
+    if pp > 1:
+        # Stages exchange [T, 1, hidden] activations: one T for the whole call. (megatron-core 0.16.1's
+        # variable_seq_lengths exchanges shapes per send, but its interleaved schedule then pairs a
+        # micro-batch's activations with another's shape: seen with 2 virtual stages, packs of 23 and
+        # 25 tokens. A fixed shape also spares the shape messages.)
+        longest = max(p.num_tokens for p in packs)
+        packs = [pad_pack(p, longest) for p in packs]
 
     def forward_step(data_iterator, chunk):
         pack = next(data_iterator)
@@ -96,8 +111,8 @@ def run_schedule(
             data_iterator=iterators if len(model) > 1 else iterators[0],
             model=model if len(model) > 1 else model[0],
             num_microbatches=len(packs),
-            seq_length=max(p.num_tokens for p in packs),  # ignored: variable_seq_lengths at PP > 1
+            seq_length=max(p.num_tokens for p in packs),  # every pack's length at PP > 1 (padded above)
             micro_batch_size=1,
             forward_only=forward_only,
         )
-    return list(reports) if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else []
+    return list(reports)[:given] if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else []

@@ -53,7 +53,7 @@ class ModelArchitecture:
         unit = multiple * tensor_parallel
         return -(-self.vocab_size // unit) * unit
 
-    def validate_parallel(self, tensor_parallel: int, pipeline_parallel: int) -> None:
+    def validate_parallel(self, tensor_parallel: int, pipeline_parallel: int, virtual_pipeline: int = 1) -> None:
         """Refuse layouts that cannot shard this model, before anything is built."""
         problems = []
         if self.num_attention_heads % tensor_parallel:
@@ -65,8 +65,9 @@ class ModelArchitecture:
             )
         if self.ffn_hidden_size % tensor_parallel:
             problems.append(f"intermediate_size={self.ffn_hidden_size} is not divisible by TP={tensor_parallel}")
-        if self.num_layers % pipeline_parallel:
-            problems.append(f"num_hidden_layers={self.num_layers} is not divisible by PP={pipeline_parallel}")
+        if self.num_layers % (pipeline_parallel * virtual_pipeline):
+            stages = f"PP={pipeline_parallel}" + (f" x virtual stages={virtual_pipeline}" if virtual_pipeline > 1 else "")
+            problems.append(f"num_hidden_layers={self.num_layers} is not divisible by {stages}")
         if problems:
             raise ValueError(
                 f"{self.family} model cannot use tensor_parallel={tensor_parallel}, "

@@ -66,7 +66,8 @@ def transformer_config(
     _refuse_fp8_on_cpu((precision.fp8 if precision is not None else None) or overrides.get("fp8"))
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    arch.validate_parallel(tp, pp)
+    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
+    arch.validate_parallel(tp, pp, vpp or 1)
     if precision is not None:
         precision.check_layers(arch.num_layers, pp)
     on_cpu = not torch.cuda.is_available()
@@ -88,6 +89,7 @@ def transformer_config(
         attention_dropout=0.0,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp,
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,  # dtype of the activations sent between stages
         bf16=params_dtype == torch.bfloat16,
@@ -100,6 +102,11 @@ def transformer_config(
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
+        # Over gloo (CPU), batch_isend_irecv pairs a rank's messages to one peer in posting order: at
+        # PP=2 the previous and the next stage are the same rank, and megatron-core 0.16.1's
+        # interleaved schedule then received a gradient as an activation (wrong gradients; seen with
+        # 2 virtual stages). Separate sends and receives pair correctly. NCCL keeps megatron's default.
+        batch_p2p_comm=not on_cpu,
     )
     kwargs.update(transformer_config_kwargs(precision))
     kwargs.update(overrides)
@@ -128,10 +135,13 @@ def build_policy_model(
     params_dtype: torch.dtype = torch.float32,
     use_transformer_engine: bool | None = None,
     precision: PrecisionConfig | None = None,
+    vp_stage: int | None = None,
     **config_overrides,
 ) -> GPTModel:
     """The GPTModel stage of this rank: embedding on the first pipeline stage, output layer on the
-    last, layers offset by megatron-core from the pipeline rank. Tied embeddings are handled the
+    last, layers offset by megatron-core from the pipeline rank. With virtual pipeline stages
+    (initialize_model_parallel's virtual size), `vp_stage` picks this rank's chunk: the embedding in
+    chunk 0 of the first stage, the output layer in the last chunk of the last stage. Tied embeddings are handled the
     way megatron-core does (the last stage keeps a copy of the word embeddings as output weight,
     synchronised through the embedding group).
 
@@ -158,8 +168,9 @@ def build_policy_model(
             transformer_layer_spec=layer_spec(arch, use_te),
             vocab_size=arch.padded_vocab_size(tp),  # padding rows are zero; see forward_logits
             max_sequence_length=arch.max_position_embeddings,
-            pre_process=parallel_state.is_pipeline_first_stage(),
-            post_process=parallel_state.is_pipeline_last_stage(),
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            vp_stage=vp_stage,
             parallel_output=True,
             share_embeddings_and_output_weights=arch.tie_word_embeddings,
             position_embedding_type="rope",

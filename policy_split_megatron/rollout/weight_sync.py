@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from policy_split_megatron.bridge import export_hf_weights, export_plan
+from policy_split_megatron.bridge.convert import model_chunks
 from policy_split_megatron.model.architecture import ModelArchitecture
 from policy_split_megatron.rollout.types import SyncMetrics
 
@@ -66,7 +67,7 @@ def clear_fp8_caches(model: torch.nn.Module) -> int:
     return how many cached tensors were dropped (0 for models without TE FP8 modules). On CUDA,
     the freed blocks are handed back to the driver when anything was dropped."""
     dropped = 0
-    for module in model.modules():
+    for module in (m for chunk in model_chunks(model) for m in chunk.modules()):
         workspaces = getattr(module, "_fp8_workspaces", None)
         if isinstance(workspaces, dict) and workspaces:
             dropped += len(workspaces)
@@ -111,7 +112,7 @@ class WeightSync:
 
     def plan(self, model: torch.nn.Module, arch: ModelArchitecture) -> tuple[list, bool]:
         """(export plan, whether it came from the cache). Collective over the PP group on a miss."""
-        key = (id(model), arch)
+        key = (tuple(map(id, model_chunks(model))), arch)
         if self._plan is not None and self._plan_key == key:
             return self._plan, True
         self._plan, self._plan_key = export_plan(model, arch), key

@@ -37,6 +37,7 @@ from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from policy_split_megatron.bridge.convert import model_chunks
 from policy_split_megatron.cpu_shims import megatron_on_cpu
 from policy_split_megatron.engine.optimizer_state import load_optimizer_state, optimizer_sharded_state_dict
 
@@ -80,9 +81,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _sharded_state(model: torch.nn.Module, optimizer, with_rng: bool, *, is_loading: bool) -> dict:
+def _model_state(model) -> dict:
+    """The model's sharded state: one stage's, or {"chunk<i>": ...} of virtual pipeline chunks (the
+    sharded tensors carry global layer numbers, so checkpoints load across pipeline layouts)."""
+    chunks = model_chunks(model)
+    if len(chunks) == 1:
+        return chunks[0].sharded_state_dict()
+    return {f"chunk{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+
+
+def _sharded_state(model, optimizer, with_rng: bool, *, is_loading: bool) -> dict:
     rank, world = _rank()
-    model_state = model.sharded_state_dict()
+    model_state = _model_state(model)
     state = {"model": model_state}
     if optimizer is not None:
         state["optimizer"] = optimizer_sharded_state_dict(optimizer, model_state, is_loading=is_loading)
@@ -105,7 +115,8 @@ def save_checkpoint(
     save_rng: bool = True,
 ) -> Path:
     """Collective: write checkpoint `step` under `root` atomically and point `latest` at it.
-    `model`: this rank's (unwrapped) GPTModel stage; `optimizer`: its megatron-core optimizer.
+    `model`: this rank's (unwrapped) GPTModel stage or its virtual-stage chunks; `optimizer`: its
+    megatron-core optimizer.
     `common` (step counters, sampler state, ...) must be identical on every rank.
 
     `hf_metadata_dir`: an HF model folder whose config.json, tokenizer files and generation config
@@ -185,7 +196,9 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None) ->
     except (Exception, CheckpointException) as err:  # mismatches surface in several forms
         # (torch's CheckpointException derives from BaseException, hence the explicit name)
         raise CheckpointError(f"{path} does not match this model/optimizer: {err}") from err
-    model.load_state_dict(loaded["model"])
+    chunks = model_chunks(model)
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded["model"] if len(chunks) == 1 else loaded["model"][f"chunk{i}"])
     if optimizer is not None:
         load_optimizer_state(optimizer, loaded["optimizer"])
     if same_world:

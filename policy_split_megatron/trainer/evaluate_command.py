@@ -45,17 +45,17 @@ def resolve_evaluation_source(path: str | Path, config: RunConfig) -> tuple[Path
 
 def _evaluate_rank(rank: int, world_size: int, config: RunConfig, checkpoint: str | None, benchmarks: list,
                    sample_file: str | None) -> dict[str, dict[str, float]]:
-    from policy_split_megatron.distributed import ParallelLayout, init_distributed
+    from policy_split_megatron.distributed import init_distributed
     from policy_split_megatron.trainer.checkpoint import load_checkpoint
     from policy_split_megatron.trainer.eval_suite import evaluate_benchmarks
     from policy_split_megatron.trainer.session import Session
 
-    init_distributed(ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel))
+    init_distributed(config.parallel.layout())
     session = Session.open(config, load_weights=checkpoint is None)
     try:
         if checkpoint is not None:
-            load_checkpoint(checkpoint, session.policy.module, None)
-        session.engine.sync_weights(session.policy.module, session.arch)
+            load_checkpoint(checkpoint, session.policy.modules, None)
+        session.engine.sync_weights(session.policy.modules, session.arch)
         results = evaluate_benchmarks(session, benchmarks, config, sample_file)
         results[_EVAL_FILES] = list(session.eval_files)  # type: ignore[assignment]
         return results
@@ -74,7 +74,7 @@ def _evaluate_model(config: RunConfig, source: tuple[Path, Path | None], benchma
                     sample_file: str | None) -> dict:
     """One model's results on every benchmark: in this process's launched ranks (torchrun/srun),
     else in freshly spawned local ranks."""
-    from policy_split_megatron.distributed import ParallelLayout, spawn_local
+    from policy_split_megatron.distributed import spawn_local
     from policy_split_megatron.trainer.launch import check_launch
 
     hf_dir, checkpoint = source
@@ -83,7 +83,7 @@ def _evaluate_model(config: RunConfig, source: tuple[Path, Path | None], benchma
     ckpt = str(checkpoint) if checkpoint else None
     if check_launch(config.parallel.tensor_parallel, config.parallel.pipeline_parallel) is not None:
         return _evaluate_rank(_rank(), 1, config, ckpt, benchmarks, sample_file)
-    layout = ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel)
+    layout = config.parallel.layout()
     world = nproc or layout.tensor_parallel * layout.pipeline_parallel
     layout.data_parallel(world)
     return spawn_local(_evaluate_rank, world, layout, config, ckpt, benchmarks, sample_file, timeout=24 * 3600,

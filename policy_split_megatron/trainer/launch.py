@@ -93,9 +93,9 @@ def check_launch(tensor_parallel: int, pipeline_parallel: int, environ: Mapping[
 
 
 def launch_training(config: RunConfig, nproc: int | None = None) -> dict[str, Any]:
-    from policy_split_megatron.distributed import ParallelLayout, spawn_local
+    from policy_split_megatron.distributed import spawn_local
 
-    layout = ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel)
+    layout = config.parallel.layout()
     if check_launch(layout.tensor_parallel, layout.pipeline_parallel) is not None:
         from policy_split_megatron.trainer.run import train
 

@@ -64,7 +64,7 @@ def prepare_reference(session, config, *, fresh: bool, show_progress: bool = Fal
 
     folder = Path(config.logging.dir) / REFERENCE_DIR
     if fresh:  # a new run (no checkpoint): an older folder of a previous run in this directory is replaced
-        write_hf_folder(session.policy.module, session.arch, folder, metadata_dir=session.model_dir,
+        write_hf_folder(session.policy.modules, session.arch, folder, metadata_dir=session.model_dir,
                         dtype=config.model.params_dtype, show_progress=show_progress)
     elif not (folder / "config.json").exists():
         raise FileNotFoundError(

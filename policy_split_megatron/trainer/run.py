@@ -22,7 +22,7 @@ from tqdm import tqdm
 from policy_split_megatron.algorithms import requirements
 from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, NORMAL
 from policy_split_megatron.config import RunConfig
-from policy_split_megatron.distributed import ParallelLayout, init_distributed
+from policy_split_megatron.distributed import init_distributed
 from policy_split_megatron.engine.collectives import agree_max
 from policy_split_megatron.rollout import build_dual_mode_prompts
 from policy_split_megatron.rollout.layout import shard_bounds
@@ -61,7 +61,7 @@ def _my_prompts(prompts: list, rank: int, size: int) -> list:
 
 def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; return the last step's metrics."""
-    init_distributed(ParallelLayout(config.parallel.tensor_parallel, config.parallel.pipeline_parallel))
+    init_distributed(config.parallel.layout())
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     if config.data.prompts_per_step < dp_size:
@@ -78,7 +78,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     latest = latest_checkpoint(checkpoints) if config.checkpoint.resume else None
     if latest is not None:
         session.build_rl_optimizer()
-        common = load_checkpoint(latest, policy.module, policy.optimizer)
+        common = load_checkpoint(latest, policy.modules, policy.optimizer)
         start_step, sampler_state = common["step"], common.get("sampler")
         if sampler_state is not None:  # None: a model-only checkpoint (tools/convert_checkpoint.py from-hf)
             session.sampler.load_state_dict(sampler_state)
@@ -109,7 +109,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     reference = (prepare_reference(session, config, fresh=latest is None, show_progress=show_progress and is_main)
                  if needs_reference(config.algorithm) else None)
     teachers = load_teachers(session, config) if requirements(config.algorithm).teacher_log_probs else []
-    session.engine.sync_weights(policy.module, session.arch)  # the engine starts with placeholder weights
+    session.engine.sync_weights(policy.modules, session.arch)  # the engine starts with placeholder weights
     eval_records = load_prompt_dataset(session.eval_files, prompt_field=config.data.prompt_field,
                                        answer_field=config.data.answer_field).records[: config.evaluation.max_prompts]
     metrics: dict[str, Any] = {}
@@ -129,7 +129,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         learned = _learn(session, reference, teachers, records, prompts, samples, step=step, timings=timings)
 
         t0 = time.perf_counter()
-        sync = session.engine.refit(policy.module, session.arch)  # wake weights, sync, wake KV cache
+        sync = session.engine.refit(policy.modules, session.arch)  # wake weights, sync, wake KV cache
         timings["time/sync"] = time.perf_counter() - t0
 
         metrics = {**learned, **gen_metrics, **sync.as_dict(), **timings}
@@ -146,7 +146,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
             held = {signal.SIGTERM, signal.SIGUSR1}
             signal.pthread_sigmask(signal.SIG_BLOCK, held)
             try:
-                save_checkpoint(checkpoints, step + 1, policy.module, policy.optimizer,
+                save_checkpoint(checkpoints, step + 1, policy.modules, policy.optimizer,
                                 {"sampler": session.sampler.state_dict(), "scheduler": policy.scheduler.state_dict()},
                                 keep_last=config.checkpoint.keep_last, hf_metadata_dir=session.model_dir)
             finally:
@@ -164,7 +164,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
         if config.checkpoint.export_hf:
             from policy_split_megatron.bridge.hf_folder import write_hf_folder
 
-            out = write_hf_folder(policy.module, session.arch, Path(config.logging.dir) / "hf",
+            out = write_hf_folder(policy.modules, session.arch, Path(config.logging.dir) / "hf",
                                   metadata_dir=session.model_dir, dtype=config.checkpoint.export_dtype or
                                   config.model.params_dtype, show_progress=show_progress and is_main)
             if is_main:

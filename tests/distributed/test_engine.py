@@ -97,13 +97,15 @@ def test_a_rank_without_rows_still_trains_with_its_peers(folder):
         assert _max_diff(weights, dp1[1]) <= 1e-6
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 2), (2, 2)])
-def test_pipeline_update_equals_pp1(folder, tp, pp):
+@pytest.mark.parametrize("tp,pp,vpp", [(1, 2, None), (2, 2, None), (1, 2, 2)])
+def test_pipeline_update_equals_pp1(folder, tp, pp, vpp):
+    """1F1B at PP=2 and TP=2 x PP=2; the interleaved schedule at PP=2 with 2 virtual stages (one of the
+    4 layers per chunk; 3 micro-batches padded to 4)."""
     single = run_distributed(_engine_run, 1, folder, LENGTHS, 1, tp=1)[0]
-    split = run_distributed(_engine_run, tp * pp, folder, LENGTHS, 1, tp=tp, pp=pp)
+    split = run_distributed(_engine_run, tp * pp, folder, LENGTHS, 1, tp=tp, pp=pp, vpp=vpp)
     for rank, (norms, weights, _) in enumerate(split):
         assert abs(norms[0] - single[0][0]) <= 1e-5 * single[0][0], (rank, norms, single[0])
-        assert _max_diff(weights, single[1]) <= 1e-5, f"TP={tp} PP={pp} rank {rank}"
+        assert _max_diff(weights, single[1]) <= 1e-5, f"TP={tp} PP={pp} VPP={vpp} rank {rank}"
 
 
 def _losses(rank, world_size, folder, params_dtype, lr, steps):

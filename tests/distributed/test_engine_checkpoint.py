@@ -1,10 +1,11 @@
 """Training checkpoints of megatron-core's engine: model + distributed-optimizer state, atomic.
 
 - A run saved after 2 steps and resumed (fresh processes, a fresh engine) ends bit-identical to the
-  uninterrupted run: at DP=2 with the distributed optimizer, at PP=2, and at TP=2.
-- Resharding: saved at (TP=2, DP=1), resumed at (TP=1, DP=2), and the reverse: the parameters and
-  BOTH Adam moments re-saved by the resumed engine equal the saved ones, tensor by tensor in model
-  space (megatron-core's `load_plain_tensors`).
+  uninterrupted run: at DP=2 with the distributed optimizer, at PP=2, at TP=2, and at PP=2 with 2
+  virtual stages (the interleaved schedule).
+- Resharding: saved at (TP=2, DP=1), resumed at (TP=1, DP=2), and the reverse, and saved at PP=2 with
+  2 virtual stages, resumed in one process: the parameters and BOTH Adam moments re-saved by the
+  resumed engine equal the saved ones, tensor by tensor in model space (`load_plain_tensors`).
 - Each megatron-core 0.16.1 workaround of engine/optimizer_state.py is needed: without it the load
   fails (1, 2) or the resumed run diverges (3).
 - Partial or mismatched checkpoints are refused with a clear error; the RNG state comes back.
@@ -34,14 +35,14 @@ def _run(rank, world_size, folder, root, phase, disable=None):
     ids, lens = batch(engine.arch.vocab_size, seed=1)
     mask = response_mask(lens, ids.shape[1])
     if phase == "resume":
-        common = load_checkpoint(latest_checkpoint(root), engine.module, engine.optimizer)
+        common = load_checkpoint(latest_checkpoint(root), engine.modules, engine.optimizer)
         engine.scheduler.load_state_dict(common["scheduler"])
         after_load = torch.rand(3)
         train(engine, ids, lens, mask, steps=1, first_step=2)
         return full_weights(engine), after_load, common
     train(engine, ids, lens, mask, steps=2 if phase == "first" else 3)
     if phase == "first":
-        save_checkpoint(root, 2, engine.module, engine.optimizer,
+        save_checkpoint(root, 2, engine.modules, engine.optimizer,
                         {"sampler": {"position": 8}, "scheduler": engine.scheduler.state_dict()})
         return full_weights(engine), torch.rand(3), None
     return full_weights(engine), None, None
@@ -51,11 +52,11 @@ def _equal(a: dict, b: dict) -> list[str]:
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
-@pytest.mark.parametrize("world,tp,pp", [(2, 1, 1), (2, 1, 2), (2, 2, 1)])
-def test_resume_is_bit_identical(folder, tmp_path, world, tp, pp):
-    full = run_distributed(_run, world, folder, None, "full", tp=tp, pp=pp)[0][0]
-    run_distributed(_run, world, folder, tmp_path, "first", tp=tp, pp=pp)
-    resumed = run_distributed(_run, world, folder, tmp_path, "resume", tp=tp, pp=pp)
+@pytest.mark.parametrize("world,tp,pp,vpp", [(2, 1, 1, None), (2, 1, 2, None), (2, 2, 1, None), (2, 1, 2, 2)])
+def test_resume_is_bit_identical(folder, tmp_path, world, tp, pp, vpp):
+    full = run_distributed(_run, world, folder, None, "full", tp=tp, pp=pp, vpp=vpp)[0][0]
+    run_distributed(_run, world, folder, tmp_path, "first", tp=tp, pp=pp, vpp=vpp)
+    resumed = run_distributed(_run, world, folder, tmp_path, "resume", tp=tp, pp=pp, vpp=vpp)
     for rank, (weights, _, common) in enumerate(resumed):
         assert common == {"sampler": {"position": 8}, "scheduler": common["scheduler"], "step": 2,
                           "optimizer_restored": True}
@@ -74,8 +75,8 @@ def _resave(rank, world_size, folder, source, target):
     from policy_split_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     engine = build_engine(folder, lr=1e-2, total_steps=3)
-    common = load_checkpoint(latest_checkpoint(source), engine.module, engine.optimizer)
-    save_checkpoint(target, common["step"], engine.module, engine.optimizer, {})
+    common = load_checkpoint(latest_checkpoint(source), engine.modules, engine.optimizer)
+    save_checkpoint(target, common["step"], engine.modules, engine.optimizer, {})
     return True
 
 
@@ -89,10 +90,16 @@ def _plain(rank, world_size, path):
     return {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-@pytest.mark.parametrize("saved,resumed", [((2, 2), (2, 1)), ((2, 1), (2, 2))])  # (world, TP)
+@pytest.mark.parametrize("saved,resumed", [  # (world, TP, PP, virtual stages)
+    ((2, 2, 1, None), (2, 1, 1, None)),  # (TP=2, DP=1) -> (TP=1, DP=2)
+    ((2, 1, 1, None), (2, 2, 1, None)),  # (TP=1, DP=2) -> (TP=2, DP=1)
+    ((2, 1, 2, 2), (1, 1, 1, None)),  # PP=2 with 2 virtual stages -> one process
+])
 def test_reshard_keeps_parameters_and_moments(folder, tmp_path, saved, resumed):
-    run_distributed(_run, saved[0], folder, tmp_path / "a", "first", tp=saved[1])
-    run_distributed(_resave, resumed[0], folder, tmp_path / "a", tmp_path / "b", tp=resumed[1])
+    w, tp, pp, vpp = saved
+    run_distributed(_run, w, folder, tmp_path / "a", "first", tp=tp, pp=pp, vpp=vpp)
+    w, tp, pp, vpp = resumed
+    run_distributed(_resave, w, folder, tmp_path / "a", tmp_path / "b", tp=tp, pp=pp, vpp=vpp)
     a = run_distributed(_plain, 1, tmp_path / "a" / "step_000002", tp=1)[0]
     b = run_distributed(_plain, 1, tmp_path / "b" / "step_000002", tp=1)[0]
     moments = [k for k in a if "exp_avg" in k]
@@ -123,18 +130,18 @@ def _refusals(rank, world_size, folder, other_folder, root):
     from policy_split_megatron.trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
     engine = build_engine(folder)
-    save_checkpoint(root, 1, engine.module, engine.optimizer, {})
+    save_checkpoint(root, 1, engine.modules, engine.optimizer, {})
     if rank == 0:
         (root / "step_000002.partial").mkdir()  # a save killed mid-way: never read
     torch.distributed.barrier()
     assert latest_checkpoint(root).name == "step_000001"
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
-        load_checkpoint(root / "step_000002.partial", engine.module, engine.optimizer)
+        load_checkpoint(root / "step_000002.partial", engine.modules, engine.optimizer)
     other = build_engine(other_folder)
     with pytest.raises(CheckpointError, match="does not match"):
-        load_checkpoint(root / "step_000001", other.module, other.optimizer)
+        load_checkpoint(root / "step_000001", other.modules, other.optimizer)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(root / "step_000099", other.module, other.optimizer)
+        load_checkpoint(root / "step_000099", other.modules, other.optimizer)
     return True
 
 

@@ -2,7 +2,7 @@
 
 - a data-parallel rank with NO prompt in a step (uneven split: 3 prompts over DP=2 give 2 + 1, and a
   rank with 0) still reaches every collective, and the update equals DP=1's on the same prompts;
-- the whole trainer at TP=2 x PP=2: 3 Policy Split steps, every metric present, Adam's first step
+- the whole trainer at TP=2 x PP=2 and at PP=2 with 2 virtual stages: 3 Policy Split steps, every metric present, Adam's first step
   on (nearly) every weight at the configured learning rate;
 - one step of every algorithm at PP=2 (one world, the algorithms one after the other);
 - DAPO dynamic sampling: groups with uniform rewards are dropped and more prompts are generated;
@@ -84,10 +84,13 @@ def _train(rank, world_size, runs):
     return [train(load_run_config(None, overrides), show_progress=False) for overrides in runs]
 
 
-def test_trainer_at_tp2_pp2(tmp_path):
+@pytest.mark.parametrize("tp,pp,vpp", [(2, 2, None), (1, 2, 2)])
+def test_trainer_at_tp2_pp2_and_with_virtual_stages(tmp_path, tp, pp, vpp):
     run = tmp_path / "run"
-    run_distributed(_train, 4, [QUICK + FIRST_UPDATE + ["parallel.tensor_parallel=2", "parallel.pipeline_parallel=2",
-                                                        f"logging.dir='{run}'", "train.steps=3"]], tp=2, pp=2)
+    layout = [f"parallel.tensor_parallel={tp}", f"parallel.pipeline_parallel={pp}",
+              f"parallel.virtual_pipeline_parallel={vpp}"]
+    run_distributed(_train, tp * pp, [QUICK + FIRST_UPDATE + layout + [f"logging.dir='{run}'", "train.steps=3"]],
+                    tp=tp, pp=pp, vpp=vpp)
     last = check_metrics(run, 3)
     assert last["train/grad_norm"] > 0
     check_first_update(run, 1e-4)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from policy_split_megatron.distributed import ParallelLayout, spawn_local
 
 
-def run_distributed(fn, world_size: int = 2, *args, tp: int = 1, pp: int = 1, timeout: float = 600):
-    """Run fn(rank, world_size, *args) on `world_size` gloo ranks with Megatron TP=tp, PP=pp."""
+def run_distributed(fn, world_size: int = 2, *args, tp: int = 1, pp: int = 1, vpp: int | None = None,
+                    timeout: float = 600):
+    """Run fn(rank, world_size, *args) on `world_size` gloo ranks with Megatron TP=tp, PP=pp and
+    `vpp` virtual pipeline stages per stage (None: one)."""
     try:
-        return spawn_local(fn, world_size, ParallelLayout(tp, pp), *args, timeout=timeout)
+        return spawn_local(fn, world_size, ParallelLayout(tp, pp, vpp), *args, timeout=timeout)
     except RuntimeError as err:
         raise AssertionError(str(err)) from None

@@ -76,4 +76,4 @@ def full_weights(engine) -> dict[str, torch.Tensor]:
     """Every HF tensor of the policy (gathered over TP and PP), fp32 clones."""
     from policy_split_megatron.bridge import export_hf_weights
 
-    return {n: t.detach().float().clone() for n, t in export_hf_weights(engine.module, engine.arch)}
+    return {n: t.detach().float().clone() for n, t in export_hf_weights(engine.modules, engine.arch)}
