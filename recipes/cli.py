@@ -32,7 +32,7 @@ def build_parser(recipe: Optional[str]) -> argparse.ArgumentParser:
     r.add_argument("--logging-dir", help="run directory (logging.dir); use an absolute path for Slurm jobs")
     r.add_argument("--config", help="YAML file applied before the overrides")
     r.add_argument("--tensor-parallel", type=int)
-    r.add_argument("--pipeline-parallel", type=int, default=1)
+    r.add_argument("--pipeline-parallel", type=int, help="default: the model preset's (docs/memory_plan.md)")
     r.add_argument("--hf-path", help="Hugging Face model folder (realistic recipes)")
     r.add_argument("--train-files", action="append", help="JSONL/Parquet prompt file (repeat for more; realistic recipes)")
     r.add_argument("--eval-files", action="append", help="held-out prompt file (repeat for more)")

@@ -33,7 +33,7 @@ def policy_split_default(
 def model_recipe(
     model: str = "qwen3_8b", algorithm: str = "policy_split", hf_path: Optional[str] = None,
     train_files: Optional[list[str]] = None, eval_files: Optional[list[str]] = None,
-    logging_dir: Optional[str] = None, tensor_parallel: Optional[int] = None, pipeline_parallel: int = 1,
+    logging_dir: Optional[str] = None, tensor_parallel: Optional[int] = None, pipeline_parallel: Optional[int] = None,
     steps: Optional[int] = None, config: Optional[str] = None, extra: Optional[list[str]] = None,
 ) -> run.Partial[train]:
     """A realistic run: presets.MODEL_PRESETS[model] + ALGORITHM_PRESETS[algorithm] + paths."""

@@ -45,7 +45,12 @@ _PAPER_RL = [
     "evaluation.samples_per_prompt=8",
     "train.steps=78",  # one epoch of 20K prompts at 256 per step
     "checkpoint.every_steps=10",
-    "rollout.gpu_memory_utilization=0.5",
+    # megatron-core's engine as docs/memory_plan.md plans it: the distributed optimizer shards fp32
+    # main params and Adam moments over data-parallel ranks; communication overlaps compute (GPU).
+    "optimizer.use_distributed_optimizer=True",
+    "optimizer.overlap_grad_reduce=True",
+    "optimizer.overlap_param_gather=True",
+    "model.recompute=full",
 ]
 
 MODEL_PRESETS: dict[str, dict] = {
@@ -57,7 +62,9 @@ MODEL_PRESETS: dict[str, dict] = {
             "rollout.explore={'temperature': 1.0, 'max_tokens': 12288}",
             "rollout.max_model_len=14336",
             "rollout.chat_template_kwargs={'enable_thinking': True}",  # the paper trains thinking mode
-            "train.micro_batch_tokens=32768",
+            "rollout.engine_tensor_parallel=2",
+            "rollout.gpu_memory_utilization=0.4",  # docs/memory_plan.md: 72.9 GB peak per GPU
+            "train.micro_batch_tokens=16384",
         ],
     },
     "llama31_8b": {
@@ -68,12 +75,29 @@ MODEL_PRESETS: dict[str, dict] = {
             "rollout.normal={'temperature': 1.0, 'max_tokens': 4096}",
             "rollout.explore={'temperature': 1.0, 'max_tokens': 4096}",
             "rollout.max_model_len=6144",
-            "train.micro_batch_tokens=32768",
+            "rollout.engine_tensor_parallel=2",
+            "rollout.gpu_memory_utilization=0.4",
+            "train.micro_batch_tokens=16384",
+        ],
+    },
+    "llama31_70b": {
+        "hf_path": "meta-llama/Llama-3.1-70B-Instruct",
+        "tensor_parallel": 8,
+        "pipeline_parallel": 2,  # 80 layers: 40 per stage; 8 nodes x 8 GPUs give DP = 4
+        "nodes": 8,
+        "overrides": _PAPER_RL + [
+            "rollout.normal={'temperature': 1.0, 'max_tokens': 4096}",
+            "rollout.explore={'temperature': 1.0, 'max_tokens': 4096}",
+            "rollout.max_model_len=6144",
+            "rollout.engine_tensor_parallel=8",
+            "rollout.gpu_memory_utilization=0.45",  # docs/memory_plan.md: 79.6 GB peak per GPU
+            "train.micro_batch_tokens=8192",
         ],
     },
 }
 """Model name -> {hf_path: the Hugging Face id (download it to a local folder and pass that folder
-as hf_path), tensor_parallel: default TP, overrides}."""
+as hf_path), tensor_parallel: default TP, pipeline_parallel (default 1), nodes (8-GPU nodes the
+layout is planned for, default 1), overrides}. The layouts follow docs/memory_plan.md."""
 
 
 def _quote(value: str) -> str:
@@ -105,7 +129,7 @@ def embedded_default_overrides(
 def model_overrides(
     model: str, algorithm: str = "policy_split", *, hf_path: Optional[str] = None,
     train_files: Optional[list[str]] = None, eval_files: Optional[list[str]] = None,
-    logging_dir: Optional[str] = None, tensor_parallel: Optional[int] = None, pipeline_parallel: int = 1,
+    logging_dir: Optional[str] = None, tensor_parallel: Optional[int] = None, pipeline_parallel: Optional[int] = None,
     steps: Optional[int] = None, extra: Optional[list[str]] = None,
 ) -> list[str]:
     """Overrides of a realistic run: model preset + algorithm preset + paths + layout + `extra`
@@ -120,7 +144,7 @@ def model_overrides(
     if eval_files:
         out.append(f"data.eval_files={[str(f) for f in eval_files]!r}")
     out.append(f"parallel.tensor_parallel={int(tensor_parallel or preset['tensor_parallel'])}")
-    out.append(f"parallel.pipeline_parallel={int(pipeline_parallel)}")
+    out.append(f"parallel.pipeline_parallel={int(pipeline_parallel or preset.get('pipeline_parallel', 1))}")
     if steps is not None:
         out.append(f"train.steps={int(steps)}")
     out.append(f"logging.dir={_quote(logging_dir or f'runs/{model}-{algorithm}')}")

@@ -155,8 +155,10 @@ class RewardPool:
         todo = collections.deque(range(len(items)))
         remaining = len(items)
         while remaining:
-            self._hand_out(items, todo)
+            remaining -= self._hand_out(items, results, todo)
             busy = [w for w in self._workers if w.running]
+            if not busy:  # a dead worker was just replaced: hand its samples to the new one
+                continue
             now = time.monotonic()
             next_deadline = min(self._deadline(w) for w in busy)
             ready = wait([w.conn for w in busy], timeout=max(0.0, next_deadline - now))
@@ -170,16 +172,25 @@ class RewardPool:
     def _deadline(self, worker: _Worker) -> float:
         return worker.since + (self.timeout if worker.ready else max(self.timeout, self.START_SECONDS))
 
-    def _hand_out(self, items, todo: collections.deque) -> None:
+    def _hand_out(self, items, results: list, todo: collections.deque) -> int:
         """Keep IN_FLIGHT samples at each worker: the one it runs and the next, so it never waits
-        for the parent, while a timeout strands at most one other sample behind the slow one."""
-        for worker in self._workers:
+        for the parent, while a timeout strands at most one other sample behind the slow one.
+        A worker found dead on sending (its sample killed it before the parent saw the EOF) is
+        replaced here, charging the sample it was running; returns the samples so charged."""
+        charged = 0
+        for worker in list(self._workers):
             while todo and len(worker.running) < self.IN_FLIGHT:
                 index = todo.popleft()
-                worker.conn.send([(index, items[index][0], items[index][1])])
+                try:
+                    worker.conn.send([(index, items[index][0], items[index][1])])
+                except OSError:  # BrokenPipeError: the worker is gone
+                    todo.appendleft(index)
+                    charged += self._replace(worker, results, todo, "crash")
+                    break
                 if not worker.running:
                     worker.since = time.monotonic()
                 worker.running.append(index)
+        return charged
 
     def _receive(self, worker: _Worker, results: list, todo: collections.deque) -> int:
         done = 0
