@@ -12,7 +12,10 @@ Inside `megatron_on_cpu()` on a machine without CUDA:
 - the same mode makes `Tensor.type()` (no arguments) answer `torch.cuda.<Dtype>Tensor` for CPU
   tensors, which is the distributed optimizer's only test of a parameter's device;
 - `Tensor.cuda()` is the identity; `torch.cuda.current_device()` returns "cpu";
-  `torch.cuda.synchronize()` does nothing.
+  `torch.cuda.synchronize()` does nothing;
+- activation recomputation (`tensor_parallel.random.CheckpointFunction`) saves and restores the
+  CUDA RNG state around a layer's recomputation: on CPU there is none, so getting it returns an empty
+  state and setting it does nothing (the CPU RNG, which megatron-core saves too, is untouched).
 
 So the CPU tests exercise the same DDP, distributed optimizer, pipeline schedules and checkpoint
 code that run on GPU clusters (verified: DP=2 and TP=2 x DP=2 match a plain AdamW reference, PP=2
@@ -83,12 +86,17 @@ def megatron_on_cpu() -> Iterator[None]:
     if torch.cuda.is_available() or _active[0]:
         yield
         return
+    from megatron.core.tensor_parallel import random as megatron_random
+
     _active[0] = True
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_patched(torch.Tensor, "cuda", lambda self, *args, **kwargs: self))
             stack.enter_context(_patched(torch.cuda, "synchronize", lambda *args, **kwargs: None))
             stack.enter_context(_patched(torch.cuda, "current_device", lambda: "cpu"))
+            stack.enter_context(_patched(megatron_random, "_get_cuda_rng_state",
+                                         lambda *args, **kwargs: torch.empty(0, dtype=torch.uint8)))
+            stack.enter_context(_patched(megatron_random, "_set_cuda_rng_state", lambda *args, **kwargs: None))
             stack.enter_context(_CudaArgumentsToCPU())
             yield
     finally:

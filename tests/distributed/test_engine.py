@@ -216,3 +216,18 @@ def test_learning_rate_schedules(folder):
     assert rates[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert rates[100] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+
+
+def _recompute_run(rank, world_size, folder, mode):
+    engine = build_engine(folder, recompute=mode, eps=EPS)
+    ids, lens = batch(engine.arch.vocab_size, seed=0)
+    norms = train(engine, ids, lens, response_mask(lens, ids.shape[1]), steps=2)
+    return norms, full_weights(engine)
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_activation_recomputation_gives_the_same_update(folder, mode):
+    plain = run_distributed(_recompute_run, 2, folder, "none", tp=2)[0]
+    recomputed = run_distributed(_recompute_run, 2, folder, mode, tp=2)[0]
+    assert recomputed[0] == pytest.approx(plain[0], rel=1e-6)
+    assert _max_diff(recomputed[1], plain[1]) <= 1e-6

@@ -24,10 +24,11 @@ def _compare(rank, world_size, folder):
     arch = architecture_from_hf(AutoConfig.from_pretrained(folder))
     model = build_policy_model(arch)
     load_hf_weights(model, arch, SafetensorsSource(folder))
+    device = next(model.parameters()).device  # the CPU here; the GPU in tests/gpu
     gen = torch.Generator().manual_seed(5)
     lengths = torch.tensor(LENGTHS)
-    ids = torch.randint(0, arch.vocab_size, (len(LENGTHS), max(LENGTHS)), generator=gen)
-    weights = torch.randn(len(LENGTHS), max(LENGTHS), generator=gen)  # an arbitrary per-token upstream
+    ids = torch.randint(0, arch.vocab_size, (len(LENGTHS), max(LENGTHS)), generator=gen).to(device)
+    weights = torch.randn(len(LENGTHS), max(LENGTHS), generator=gen).to(device)  # an arbitrary per-token upstream
 
     def grads():
         out = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -35,7 +36,7 @@ def _compare(rank, world_size, folder):
         return out
 
     # Reference: each row alone, no padding, no packing.
-    ref_logp, ref_ent = torch.zeros(ids.shape), torch.zeros(ids.shape)
+    ref_logp, ref_ent = torch.zeros(ids.shape, device=device), torch.zeros(ids.shape, device=device)
     total = 0.0
     for r, n in enumerate(LENGTHS):
         row = ids[r : r + 1, :n]
@@ -45,7 +46,7 @@ def _compare(rank, world_size, folder):
     total.backward()
     ref_grads = grads()
 
-    pack = build_pack(ids, lengths, list(range(len(LENGTHS))))
+    pack = build_pack(ids.cpu(), lengths, list(range(len(LENGTHS)))).to(device)
     logits = model(input_ids=pack.input_ids, position_ids=pack.position_ids, attention_mask=None,
                    packed_seq_params=pack.seq_params())
     lp, ent = logprobs_and_entropy(logits, pack.next_ids, vocab_size=arch.vocab_size)

@@ -8,16 +8,17 @@ import torch
 LENGTHS = [14, 9, 12, 6, 14, 11, 8, 13]
 
 
-def build_engine(folder, *, params_dtype=torch.float32, trainable=True, total_steps=3, **optimizer):
+def build_engine(folder, *, params_dtype=torch.float32, trainable=True, total_steps=3, recompute="none", **optimizer):
     from transformers import AutoConfig
 
     from policy_split_megatron.bridge import SafetensorsSource
     from policy_split_megatron.engine import OptimizerConfig, PolicyEngine
     from policy_split_megatron.model import architecture_from_hf
+    from policy_split_megatron.model.builder import recompute_overrides
 
     arch = architecture_from_hf(AutoConfig.from_pretrained(folder))
     engine = PolicyEngine(arch, params_dtype=params_dtype, trainable=trainable,
-                          optimizer=OptimizerConfig(**{"lr": 1e-3, **optimizer}))
+                          optimizer=OptimizerConfig(**{"lr": 1e-3, **optimizer}), **recompute_overrides(recompute))
     engine.load_hf_weights(SafetensorsSource(folder))
     if trainable:
         engine.build_optimizer(total_steps=total_steps)
