@@ -86,7 +86,9 @@ class OptimizerConfig:
         if not on_cuda:
             for name in ("overlap_grad_reduce", "overlap_param_gather"):
                 if getattr(self, name):
-                    raise ValueError(f"optimizer.{name}=True needs CUDA (it overlaps NCCL communication with "
+                    from policy_split_megatron.errors import ConfigError
+
+                    raise ConfigError(f"optimizer.{name}=True needs CUDA (it overlaps NCCL communication with "
                                      "compute on CUDA streams); set it to False on CPU")
 
 

@@ -69,7 +69,9 @@ class ModelArchitecture:
             stages = f"PP={pipeline_parallel}" + (f" x virtual stages={virtual_pipeline}" if virtual_pipeline > 1 else "")
             problems.append(f"num_hidden_layers={self.num_layers} is not divisible by {stages}")
         if problems:
-            raise ValueError(
+            from policy_split_megatron.errors import ConfigError
+
+            raise ConfigError(
                 f"{self.family} model cannot use tensor_parallel={tensor_parallel}, "
                 f"pipeline_parallel={pipeline_parallel}: " + "; ".join(problems)
             )

@@ -65,7 +65,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict[str, Any]:
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     if config.data.prompts_per_step < dp_size:
-        raise ValueError(f"data.prompts_per_step={config.data.prompts_per_step} is smaller than the data-parallel "
+        from policy_split_megatron.errors import ConfigError
+
+        raise ConfigError(f"data.prompts_per_step={config.data.prompts_per_step} is smaller than the data-parallel "
                          f"size {dp_size}: some ranks would never train; raise it or use fewer processes")
     session = Session.open(config)
     policy = session.policy
