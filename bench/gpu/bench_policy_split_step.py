@@ -96,9 +96,10 @@ def main(argv=None) -> int:
     config = load_run_config(None, overrides)
     init_distributed(ParallelLayout())
     session = Session.open(config)
-    model, arch, engine = session.model, session.arch, session.engine
-    n_params = sum(p.numel() for p in model.parameters())
-    temperature = config.rollout.normal.temperature
+    policy, arch, engine = session.policy, session.arch, session.engine
+    model = policy.modules
+    n_params = sum(p.numel() for m in model for p in m.parameters())
+    session.build_rl_optimizer()
 
     phases: dict[str, list[float]] = {k: [] for k in ("rollout", "sleep", "logprob", "train", "sync")}
     syncs, failure = [], None
@@ -118,14 +119,13 @@ def main(argv=None) -> int:
             prompts, samples, _ = timed("rollout", lambda: generate_scored(session, records, step=step))
             timed("sleep", engine.sleep)
             prepared = timed("logprob", lambda: prepare_step(
-                model, arch, config.algorithm, prompts, samples, pad_token_id=session.pad_token_id,
-                temperature=temperature, token_budget=config.train.micro_batch_tokens,
-                chunk_size=config.train.logprob_chunk_size))
+                policy, config.algorithm, prompts, samples, pad_token_id=session.pad_token_id,
+                token_budget=config.train.micro_batch_tokens, num_prompts=len(records),
+                mini_batches=config.train.mini_batches))
             timed("train", lambda: policy_update(
-                model, arch, session.optimizer, prepared.update, config.algorithm, epochs=config.train.ppo_epochs,
+                policy, prepared.update, config.algorithm, epochs=config.train.ppo_epochs,
                 mini_batches=config.train.mini_batches, micro_batch_tokens=config.train.micro_batch_tokens,
-                temperature=temperature, chunk_size=config.train.logprob_chunk_size, step=step,
-                generator=torch.Generator().manual_seed(step)))
+                step=step, generator=torch.Generator(device=policy.device).manual_seed(step)))
             syncs.append(timed("sync", lambda: engine.refit(model, arch)))
             if step == 0:  # warm-up step: compilation, CUDA graphs, allocator growth
                 for values in phases.values():
