@@ -30,6 +30,7 @@ from policy_split_megatron.algorithms.advantages import broadcast_to_tokens, grp
 from policy_split_megatron.algorithms.aggregation import local_loss_denominator
 from policy_split_megatron.algorithms.common import as_bool_mask, masked_mean
 from policy_split_megatron.algorithms.config import AlgorithmConfig
+from policy_split_megatron.algorithms.modes import HIGH_ENTROPY, NORMAL
 from policy_split_megatron.algorithms.policy_split import inter_mode_kl, policy_split_advantages
 from policy_split_megatron.algorithms.ppo import ppo_clip_loss, reference_kl_term
 
@@ -64,6 +65,9 @@ class AdvantageResult:
     gradient_mask: Tensor | None = None  # [B, T] bool: only these carry gradient (others still count)
     rollout_weights: Tensor | None = None  # [B, T] truncated IS weights of the rollout correction (None = 1)
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    # How many items each metric averages over (default: the response tokens), so that combining
+    # ranks by these weights gives the whole-batch value (trainer/step.py)
+    metric_weights: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -147,10 +151,18 @@ def compute_advantages(cfg: AlgorithmConfig, batch: RolloutBatch) -> AdvantageRe
             normalize_by_std=a.normalize_by_std, adv_std_unbiased=a.std_unbiased, adv_eps=a.eps,
             adv_estimator=a.estimator,
         )
+        he_tokens = (mask & (batch.conditioning_mode == HIGH_ENTROPY).unsqueeze(-1)).sum()
+        normal_tokens = mask.sum() - he_tokens
+        result.metric_weights.update({k: he_tokens for k in result.metrics if k.startswith("he_")})
+        result.metric_weights["normal_bonus_mean"] = normal_tokens
         if batch.source_mode is not None and batch.old_log_probs is not None:
             result.metrics.update(inter_mode_kl(batch.old_log_probs, mask, batch.conditioning_mode,
                                                 batch.source_mode, batch.partner_index,
                                                 estimator=ps.kl_metric_estimator))
+            own = batch.conditioning_mode == batch.source_mode
+            # sequence means over each mode's own rollouts (inter_mode_kl)
+            result.metric_weights["kl_normal_he"] = (own & (batch.source_mode == NORMAL)).sum()
+            result.metric_weights["kl_he_normal"] = (own & (batch.source_mode == HIGH_ENTROPY)).sum()
     elif name == "entropy_adv" and cfg.entropy_adv.entropy_source == "old":
         result.advantages = eb.entropy_shaped_advantages(
             adv, _need(batch.old_entropy, "RolloutBatch.old_entropy", cfg), mask,
@@ -184,6 +196,7 @@ def compute_advantages(cfg: AlgorithmConfig, batch: RolloutBatch) -> AdvantageRe
         truncated = _need(batch.truncated, "RolloutBatch.truncated (dapo.overlong_filtering)", cfg)
         result.response_mask = dapo.overlong_filter_mask(result.response_mask, truncated)
         result.metrics["dapo/overlong_filtered_frac"] = truncated.float().mean()
+        result.metric_weights["dapo/overlong_filtered_frac"] = torch.tensor(truncated.numel())
     if cfg.rollout_correction.enabled:
         _correct_rollout(cfg, batch, mask, result)
     result.metrics.setdefault("adv_mean", masked_mean(result.advantages, result.response_mask))

@@ -195,7 +195,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None) ->
                                              str(path))
     except (Exception, CheckpointException) as err:  # mismatches surface in several forms
         # (torch's CheckpointException derives from BaseException, hence the explicit name)
-        raise CheckpointError(f"{path} does not match this model/optimizer: {err}") from err
+        raise CheckpointError(f"{path} does not match this model/optimizer: {type(err).__name__}: {err}") from err
     chunks = model_chunks(model)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded["model"] if len(chunks) == 1 else loaded["model"][f"chunk{i}"])

@@ -142,11 +142,10 @@ def prepare_step(
                 old_entropy, rows.response_mask))) if need.batch_mean_entropy else None),
         ),
     )
-    # token-weighted over ranks: exact for means over all response tokens (adv_abs_mean); a mean over a
-    # subset of tokens (e.g. he_bonus_mean, HE rows only) is approximated by its rank's token share
+    # each rank's value weighted by what it averages over (default: its response tokens): whole-batch means
     tokens = float(rows.response_mask.sum())
-    metrics.update({f"advantage/{k}": (float(v), tokens) for k, v in adv.metrics.items()
-                    if torch.as_tensor(v).numel() == 1})
+    metrics.update({f"advantage/{k}": (float(v), float(adv.metric_weights.get(k, tokens)))
+                    for k, v in adv.metrics.items() if torch.as_tensor(v).numel() == 1})
     update = UpdateBatch(
         input_ids=rows.input_ids,
         lengths=lengths,

@@ -58,7 +58,8 @@ def _one_step(rank, world_size, folder, split):
 # whole-batch metrics that reduce exactly over data-parallel ranks (sums and counts behind them)
 EXACT = ["normal/reward", "high_entropy/reward", "normal/response_length", "normal/entropy_bits",
          "high_entropy/entropy_bits", "inter_mode/kl_normal_he", "inter_mode/kl_he_normal",
-         "normal/rollout_mismatch/abs_log_ratio_mean", "advantage/adv_abs_mean", "loss", "pg_loss", "grad_norm",
+         "normal/rollout_mismatch/abs_log_ratio_mean", "advantage/adv_abs_mean", "advantage/he_bonus_mean",
+         "advantage/he_clamp_frac", "advantage/kl_he_normal", "advantage/kl_normal_he", "loss", "pg_loss", "grad_norm",
          "entropy", "tokens", "pg_clipfrac"]
 
 
