@@ -1,112 +1,187 @@
-"""Policy Split against GRPO and the entropy baselines on the embedded default, same budget, several
-seeds. Not a test: it trains (minutes per run) and prints a Markdown table for the README.
+"""Policy Split against GRPO, the entropy baselines and the peers' algorithm menu on the embedded
+default, paired by seed, with 95% confidence intervals of every difference to GRPO. Not a test: it
+trains 13 models per seed and prints Markdown tables for the README.
 
-    .venv/bin/python bench/compare_algorithms.py --seeds 0 1 2 [--steps 40] [--out runs/compare]
+    nice -n 15 .venv/bin/python bench/compare_algorithms.py [--seeds 0 1 2 3 4] [--steps 12] [--workers 2]
 
-Per seed, one warm start is shared by every algorithm (`train.steps=0` run, exported to HF), so the
-algorithms differ only in the RL phase. Same budget: the same RL steps, prompts per step and
-responses per prompt (Policy Split: 4 normal + 4 high-entropy; the baselines: 8 normal). The
-held-out evaluation is the paper's (T=0.6, top-p 0.95, top-k 20, k=8 per prompt). Reported: mean and
-standard deviation over seeds of normal-mode accuracy and best-of-k, distinct correct answers per
-prompt, and token entropy; for Policy Split also the high-entropy mode.
+Design (README, "Policy Split against the baselines"):
+- Per seed s, one warm start (`run train.steps=0 train.seed=s data.seed=s`, exported to HF) is shared
+  by every method; `train.seed` also varies the model's initialisation, the generated Countdown sets
+  and the engine's request seeds, `data.seed` the prompt order. Every method then makes the same RL
+  steps, prompts per step and responses per prompt (Policy Split: 4 normal + 4 HE; the baselines: 8
+  normal) with `train.mini_batches` optimizer steps per rollout batch (default 4), so clip ratios
+  and KL-Cov's |log pi - log pi_old| penalty act (with one update per batch pi = pi_old at the update).
+- Held-out evaluation (the paper's decoding: T=0.6, top-p 0.95, top-k 20, 8 samples per prompt and
+  mode) of every model of a seed on the same prompts with the same request seeds, every sample saved
+  (bench/heldout.py). By default all 155 problems of the embedded default's held-out split.
+- Differences to GRPO: paired two-level bootstrap over seeds, then prompts within seed
+  (policy_split_megatron/metrics/bootstrap.py); significant = the 95% interval excludes 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [str(ROOT / ".venv/bin/policy-split")]
+sys.path.insert(0, str(ROOT))
 
-# The tiny task's batches hold ~1,000 response tokens: the covariance methods' paper ratios
-# (2e-4 of tokens) would select none, so they get ratios that select a few tokens per step.
-ALGORITHMS = {
-    "policy_split": [],
-    "grpo": ["algorithm.name=grpo", "rollout.n_normal=8", "rollout.n_explore=0"],
-    "entropy_reg (annealed)": ["algorithm.name=entropy_reg", "rollout.n_normal=8", "rollout.n_explore=0",
-                               "algorithm.entropy_reg.coef.kind=linear", "algorithm.entropy_reg.coef.initial=0.003",
-                               "algorithm.entropy_reg.coef.final=0.0", "algorithm.entropy_reg.coef.total_steps={steps}"],
-    "clip_cov": ["algorithm.name=clip_cov", "rollout.n_normal=8", "rollout.n_explore=0",
-                 "algorithm.clip_cov.ratio=0.02"],
-    "kl_cov (annealed beta)": ["algorithm.name=kl_cov", "rollout.n_normal=8", "rollout.n_explore=0",
-                               "algorithm.kl_cov.ratio=0.02", "algorithm.kl_cov.beta.kind=linear",
-                               "algorithm.kl_cov.beta.initial=1.0", "algorithm.kl_cov.beta.final=0.0",
-                               "algorithm.kl_cov.beta.total_steps={steps}"],
+from bench.compare_report import render_report  # noqa: E402
+from bench.heldout import evaluate_models  # noqa: E402
+
+CLI = [sys.executable, "-m", "policy_split_megatron.cli"]
+BASELINE = ["rollout.n_normal=8", "rollout.n_explore=0"]
+MAX_TOKENS = 24  # the embedded default's rollout max_tokens (Dr. GRPO's L, DAPO's L_max)
+
+# name -> (run directory, overrides). The tiny task's mini-batches hold ~250 response tokens: the
+# covariance methods' paper ratios (2e-4 of tokens) would select none, so they get 0.02.
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "GRPO": ("grpo", ["algorithm.name=grpo", *BASELINE]),
+    "Policy Split (paper: eta 0.03, kappa 2)": ("policy_split", []),
+    "Policy Split + DAPO dynamic sampling": ("ps_dynamic_sampling", ["algorithm.dapo.dynamic_sampling=true"]),
+    "Policy Split, kappa 0, eta 0.03": ("ps_kappa0_eta0.03", ["algorithm.policy_split.kappa=0",
+                                                               "algorithm.policy_split.eta=0.03"]),
+    "Policy Split, kappa 0, eta 0.3": ("ps_kappa0_eta0.3", ["algorithm.policy_split.kappa=0",
+                                                             "algorithm.policy_split.eta=0.3"]),
+    "entropy_reg (annealed 0.003 -> 0)": ("entropy_reg", [
+        "algorithm.name=entropy_reg", *BASELINE, "algorithm.entropy_reg.coef.kind=linear",
+        "algorithm.entropy_reg.coef.initial=0.003", "algorithm.entropy_reg.coef.final=0.0",
+        "algorithm.entropy_reg.coef.total_steps={steps}"]),
+    "Clip-Cov (ratio 0.02)": ("clip_cov", ["algorithm.name=clip_cov", *BASELINE, "algorithm.clip_cov.ratio=0.02"]),
+    "KL-Cov (ratio 0.02, beta 1 -> 0)": ("kl_cov", [
+        "algorithm.name=kl_cov", *BASELINE, "algorithm.kl_cov.ratio=0.02", "algorithm.kl_cov.beta.kind=linear",
+        "algorithm.kl_cov.beta.initial=1.0", "algorithm.kl_cov.beta.final=0.0",
+        "algorithm.kl_cov.beta.total_steps={steps}"]),
+    # DAPO §3: clip-higher (0.2 / 0.28), dynamic sampling, token-level loss (token-mean, the default) and
+    # the soft overlong punishment with DAPO's L_cache / L_max = 4096 / 20480, scaled to L_max = 24
+    "DAPO": ("dapo", ["algorithm.name=grpo", *BASELINE, "algorithm.ppo.clip_eps_high=0.28",
+                      "algorithm.dapo.dynamic_sampling=true", f"algorithm.dapo.overlong_buffer={round(MAX_TOKENS * 0.2)}"]),
+    "Dr. GRPO": ("dr_grpo", ["algorithm.name=grpo", *BASELINE, "algorithm.advantage.normalize_by_std=false",
+                             "algorithm.loss_agg_mode=seq-mean-token-sum-norm", f"algorithm.loss_norm_length={MAX_TOKENS}"]),
+    "GSPO": ("gspo", ["algorithm.name=grpo", *BASELINE, "algorithm.ppo.ratio_level=sequence",
+                      "algorithm.ppo.clip_eps_low=0.0003", "algorithm.ppo.clip_eps_high=0.0004",
+                      "algorithm.loss_agg_mode=seq-mean-token-mean"]),
+    "RLOO": ("rloo", ["algorithm.name=grpo", *BASELINE, "algorithm.advantage.estimator=rloo",
+                      "algorithm.advantage.normalize_by_std=false"]),
 }
-COLUMNS = [("normal/accuracy", "normal acc"), ("normal/best_of_n", "normal best-of-8"),
-           ("normal/distinct_correct", "normal distinct correct"), ("normal/entropy_bits", "normal entropy (bits)"),
-           ("high_entropy/accuracy", "HE acc"), ("high_entropy/distinct_correct", "HE distinct correct")]
+WARM = "warm_start"
 
 
-def _run(args: list[str], log: Path) -> None:
-    start = time.perf_counter()
+def _cli(args: list[str], log: Path) -> None:
     with open(log, "w") as handle:
         code = subprocess.call(CLI + args, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
     if code:
-        sys.exit(f"{' '.join(args)} failed with exit code {code}; see {log}")
-    print(f"  {time.perf_counter() - start:6.0f} s  {log.parent.name}", flush=True)
+        raise RuntimeError(f"{' '.join(args)} failed with exit code {code}; see {log}")
 
 
-def _final_eval(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r.get("phase") == "eval"][-1]
+class Jobs:
+    """Jobs with dependencies on `workers` threads, ready jobs in the order they were added; each job's
+    wall time goes to <out>/jobs.jsonl."""
 
+    def __init__(self, out: Path):
+        self.jobs: list[tuple[str, list[str], object]] = []
+        self.log = out / "jobs.jsonl"
+        self.lock = threading.Lock()
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+    def add(self, name: str, deps: list[str], fn) -> None:
+        self.jobs.append((name, deps, fn))
+
+    def _timed(self, name: str, fn) -> None:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        with self.lock, open(self.log, "a") as handle:
+            handle.write(json.dumps({"job": name, "seconds": round(seconds, 1), "end": time.time()}) + "\n")
+        print(f"  {seconds:6.0f} s  {name}", flush=True)
+
+    def run(self, workers: int) -> None:
+        done: set[str] = set()
+        pending = list(self.jobs)
+        running = {}
+        with ThreadPoolExecutor(workers) as pool:
+            while pending or running:
+                for job in [j for j in pending if all(d in done for d in j[1])][: workers - len(running)]:
+                    pending.remove(job)
+                    running[pool.submit(self._timed, job[0], job[2])] = job[0]
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    future.result()  # a failed job stops the comparison (the running ones finish first)
+                    done.add(name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the embedded default's)")
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=12, help="RL steps per run (embedded default: 40)")
+    parser.add_argument("--mini-batches", type=int, default=4, help="optimizer steps per rollout batch")
+    parser.add_argument("--eval-prompts", type=int, default=155,
+                        help="held-out problems (155 = the whole held-out split of the embedded default's family)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (each uses ~1 core, ~2 GB)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap replicates")
     parser.add_argument("--out", default="runs/compare")
-    parser.add_argument("--table-only", action="store_true", help="only tabulate the runs already finished")
+    parser.add_argument("--table-only", action="store_true", help="only tabulate what has finished")
     parser.add_argument("overrides", nargs="*", help="extra section.field=value for every run")
     args = parser.parse_args()
+    if "GRPO" not in args.methods:
+        parser.error("GRPO is the reference of every difference: keep it in --methods")
     out = Path(args.out).resolve()
-    from policy_split_megatron.embedded_default import EMBEDDED_DEFAULT
+    out.mkdir(parents=True, exist_ok=True)
+    data = [f"data.countdown_eval_size={args.eval_prompts}", f"evaluation.max_prompts={args.eval_prompts}"]
+    if not args.table_only:
+        jobs = Jobs(out)
+        for seed in args.seeds:
+            _add_seed(jobs, out / f"seed{seed}", seed, args, data)
+        jobs.run(args.workers)
+    report = render_report(out, args.seeds, [WARM, *args.methods], {WARM: WARM, **{m: METHODS[m][0] for m in args.methods}},
+                           reference="GRPO", resamples=args.resamples,
+                           setup={"steps": args.steps, "mini_batches": args.mini_batches, "eval_prompts": args.eval_prompts})
+    (out / "table.md").write_text(report + "\n")
+    print(report)
 
-    rl_steps = args.steps or EMBEDDED_DEFAULT["train"]["steps"]
-    results: dict[str, list[dict]] = {name: [] for name in ["warm start", *args.algorithms]}
-    for seed in args.seeds:
-        common = [f"train.seed={seed}", f"data.seed={seed}", *args.overrides]
-        warm = out / f"warm_seed{seed}"
-        if args.table_only and not (warm / "hf" / "config.json").exists():
-            continue
+
+def _add_seed(jobs: Jobs, folder: Path, seed: int, args, data: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    # the held-out set and request seeds follow train.seed; the runs' own evaluations are kept tiny
+    # (their samples are not saved): the comparison's evaluation is the seed's evaluation job
+    common = [f"train.seed={seed}", f"data.seed={seed}", *data, *args.overrides]
+    quiet_eval = ["evaluation.max_prompts=1", "checkpoint.every_steps=0"]
+    warm = folder / WARM
+
+    def warm_start() -> None:
         if not (warm / "hf" / "config.json").exists():
-            warm.mkdir(parents=True, exist_ok=True)
-            _run(["run", f"logging.dir={warm}", "train.steps=0", *common], warm / "log.txt")
-        results["warm start"].append(_final_eval(warm))
-        for name in args.algorithms:
-            run_dir = out / f"{name.split()[0]}_seed{seed}"
-            if args.table_only and not (run_dir / "hf" / "config.json").exists():
-                continue
+            warm.mkdir(exist_ok=True)
+            _cli(["run", f"logging.dir={warm}", "train.steps=0", *common, *quiet_eval], warm / "log.txt")
+
+    jobs.add(f"seed{seed}/{WARM}", [], warm_start)
+    for name in args.methods:
+        run_dir = folder / METHODS[name][0]
+        overrides = [o.format(steps=args.steps) for o in METHODS[name][1]]
+
+        def train(run_dir=run_dir, overrides=overrides) -> None:
             if not (run_dir / "hf" / "config.json").exists():
-                run_dir.mkdir(parents=True, exist_ok=True)
-                algorithm = [a.format(steps=rl_steps) for a in ALGORITHMS[name]]
-                _run(["run", f"logging.dir={run_dir}", f"model.hf_path={warm / 'hf'}", "warm_start.steps=0",
-                      f"train.steps={rl_steps}", *common, *algorithm], run_dir / "log.txt")
-            results[name].append(_final_eval(run_dir))
-    header = "| run | " + " | ".join(title for _, title in COLUMNS) + " |"
-    lines = [f"seeds {args.seeds}; mean ± std over the seeds that finished (n per row)", "", header, "|" + "---|" * (len(COLUMNS) + 1)]
-    for name, evals in results.items():
-        cells = [_cell([e[key] for e in evals if key in e]) for key, _ in COLUMNS]
-        lines.append(f"| {name} (n={len(evals)}) | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
+                run_dir.mkdir(exist_ok=True)
+                # after the shared overrides: no override may give an RL run a warm start of its own
+                _cli(["run", f"logging.dir={run_dir}", f"model.hf_path={warm / 'hf'}", f"train.steps={args.steps}",
+                      f"train.mini_batches={args.mini_batches}", *common, *quiet_eval, *overrides, "warm_start.steps=0"],
+                     run_dir / "log.txt")
+
+        jobs.add(f"seed{seed}/{run_dir.name}", [f"seed{seed}/{WARM}"], train)
+
+    def evaluate() -> None:
+        models = [(folder / d / "hf", folder / d / "heldout") for d in [WARM, *(METHODS[m][0] for m in args.methods)]]
+        todo = [(hf, stem) for hf, stem in models if not Path(f"{stem}.json").exists()]
+        evaluate_models([f"logging.dir={folder / 'heldout_data'}", *common], todo)
+
+    jobs.add(f"seed{seed}/evaluate", [f"seed{seed}/{WARM}", *(f"seed{seed}/{METHODS[m][0]}" for m in args.methods)],
+             evaluate)
 
 
 if __name__ == "__main__":
