@@ -79,7 +79,18 @@ def build_tiny_model(seed: int = 0, **overrides: Any):
 
     config = tiny_model_config(**overrides)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # HF's init zeroes the input embedding of pad_token_id. A policy can still sample <|pad|>, and the
+    # token after it then reads a zero vector, whose first RMSNorm has a gradient 1/sqrt(eps) = 1000
+    # times its usual size: one such response took the global gradient norm from ~0.5 to 2,774
+    # (docs/embedded_default.md, "The gradient-norm spike"). The pad row is drawn like every other
+    # row, from its own generator, so the other weights are those of before.
+    if config.pad_token_id is not None:
+        embeddings = model.get_input_embeddings().weight
+        with torch.no_grad():
+            embeddings[config.pad_token_id].normal_(0.0, config.initializer_range,
+                                                    generator=torch.Generator().manual_seed(seed))
+    return model
 
 
 def write_tiny_model(folder: str | Path, seed: int = 0, **overrides: Any) -> Path:

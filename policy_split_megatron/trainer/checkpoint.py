@@ -20,13 +20,21 @@ a run saved at one TP/PP/DP layout resumes at another).
 A checkpoint may hold the model alone (`save_checkpoint(..., optimizer=None, save_rng=False)`, what
 `bridge/checkpoint_convert.hf_to_checkpoint` writes): the common state records what was saved, and
 `load_checkpoint` then leaves the optimizer it is given fresh and the RNG streams untouched.
+
+Shard files are written by the rank itself (`_write_shards`), not by the worker processes that
+megatron-core 0.16.1 forks for them: its rank waited on a queue that only a worker that got far
+enough filled, so a worker that died (psutil missing, an OOM kill) hung the run forever. Here a write
+failure on any rank is raised on every rank as one CheckpointError, and a rank killed while writing
+ends the run as any dead rank does.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
 
 from policy_split_megatron.bridge.convert import model_chunks
 from policy_split_megatron.cpu_shims import megatron_on_cpu
@@ -143,7 +153,7 @@ def save_checkpoint(
     contents = {"optimizer": optimizer is not None, "rng": save_rng}
     state["common"] = dict(common, step=step, world_size=_rank()[1], **{_CONTENTS: contents})
     with megatron_on_cpu():
-        dist_checkpointing.save(state, str(partial))
+        _write_shards(state, partial)
     _barrier()
     if rank == 0:
         if hf_metadata_dir is not None:
@@ -161,6 +171,51 @@ def save_checkpoint(
                 shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
+
+
+def _write_shards(state: dict, directory: Path) -> None:
+    """Collective: megatron-core's torch_dist save of `state` into `directory`, its own planning, file
+    writer (`FileSystemWriterAsync.write_preloaded_data`) and finalisation, with this rank's files
+    written by threads of this process instead of forked workers (module docstring)."""
+    if filesystem_async._results_queue is None:  # results stay in this process: no Manager server for them
+        filesystem_async._results_queue = queue.Queue()
+    request = dist_checkpointing.save(state, str(directory), async_sharded_save=True)
+    failure, written, results_queue = None, {}, None
+    if request.async_fn is not None:
+        ours = getattr(FileSystemWriterAsync, "write_preloaded_data_multiproc", None)
+        if ours is None or getattr(request.async_fn, "func", None) is not ours:
+            request.execute_sync()  # another megatron-core's writer: its own way
+            return
+        transform_list, use_msc = request.async_fn.args
+        _, buckets, results_queue = request.async_fn_args
+        buckets = request.preload_fn() if request.preload_fn else buckets  # device -> host
+
+        def write(index_bucket):
+            index, bucket = index_bucket
+            results, done = queue.Queue(), queue.Queue()
+            done.put(index)  # the writer marks its task done on this queue
+            try:
+                FileSystemWriterAsync.write_preloaded_data(transform_list, index, bucket, results, done, True,
+                                                           **({"use_msc": True} if use_msc else {}))
+                return results.get_nowait()
+            except Exception as err:  # noqa: BLE001 - e.g. psutil missing: raised before its own try
+                return index, err
+
+        with ThreadPoolExecutor(len(buckets), thread_name_prefix="checkpoint-writer") as pool:
+            written = dict(pool.map(write, enumerate(buckets)))
+        errors = [r for r in written.values() if isinstance(r, BaseException)]
+        failure = f"{type(errors[0]).__name__}: {errors[0]}" if errors else None
+    failures = [failure] * _rank()[1]
+    if dist.is_initialized():
+        dist.all_gather_object(failures, failure)
+    if any(failures):
+        raise CheckpointError(f"writing checkpoint {directory} failed: " + "; ".join(
+            f"rank {rank}: {message}" for rank, message in enumerate(failures) if message))
+    if results_queue is not None:
+        results_queue.put(written)  # read back by the finalisation (retrieve_write_results)
+    _barrier()
+    for finalize in request.finalize_fns:  # the global metadata, then metadata.json
+        finalize()
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -195,7 +250,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None) ->
                                              str(path))
     except (Exception, CheckpointException) as err:  # mismatches surface in several forms
         # (torch's CheckpointException derives from BaseException, hence the explicit name)
-        raise CheckpointError(f"{path} does not match this model/optimizer: {type(err).__name__}: {err}") from err
+        detail = f"{type(err).__name__}: {err}".rstrip(": ")  # a bare `assert` inside megatron-core says nothing else
+        raise CheckpointError(f"{path} does not match this model/optimizer: {detail}") from err
     chunks = model_chunks(model)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded["model"] if len(chunks) == 1 else loaded["model"][f"chunk{i}"])

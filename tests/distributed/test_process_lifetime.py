@@ -41,10 +41,11 @@ def test_sigkill_of_run_leaves_no_process(tmp_path):
         "rollout.normal.max_tokens=8", "rollout.explore.max_tokens=8", "logging.tensorboard=False",
     ], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        # After a save, each rank holds megatron-core's results-queue Manager: the process that survived.
+        # The survivor of the issue was megatron-core's results-queue Manager, started by the first save
+        # (trainer/checkpoint.py no longer starts it; the test kills whatever the run has started).
         _wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 400, proc, "the first checkpoint")
         before = marked_processes(mark)
-        assert len(before) >= 5, before  # main, 2 ranks, their Managers (and a tracker, the watchdog)
+        assert len(before) >= 5, before  # main, the watchdog, 2 ranks, their reward workers
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         survivors = wait_until_gone(mark, 5)
@@ -61,13 +62,13 @@ def test_sigterm_of_hung_convert_leaves_no_process(tmp_path):
     hf = write_tiny_model(tmp_path / "hf")
     root = tmp_path / "checkpoints"
     env, mark = marked_env()
-    # megatron-core's write workers hang (a writer that never reports back, as in the issue)
-    env["PYTHONPATH"] = f"{REPO / 'tests' / 'helpers' / 'hanging_psutil'}:{REPO}"
+    # megatron-core's shard writer hangs (a write that never returns; in the issue, a worker process's)
+    env["PYTHONPATH"] = f"{REPO / 'tests' / 'helpers' / 'psutil_stub'}:{REPO}"
     proc = subprocess.Popen(CLI + ["convert", "from-hf", str(hf), str(root), "--tp", "2", "--no-progress"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: any(root.glob("*.partial")), 300, proc, "the checkpoint write")
-        time.sleep(5)  # well inside the hung write: the workers are forked and waiting
+        time.sleep(5)  # well inside the hung write
         assert proc.poll() is None, "the conversion was expected to hang"
         before = marked_processes(mark)
         assert len(before) >= 5, before

@@ -73,15 +73,17 @@ def _checkpoint_as_hf(rank, world_size, checkpoint, model_dir):
     return {n: t.clone() for n, t in export_hf_weights(model, arch)}
 
 
-def check_first_update(run, lr: float) -> None:
-    """Step 1 (no warm start) is Adam's first step from the model folder's weights: every weight with
-    a gradient moves by lr * g / (|g| + eps) ~ lr (plus lr * 0.01 * w of weight decay). So the update
-    happened, on (nearly) every weight, at the configured scale: a trainer whose updates did nothing,
-    or reached only part of the model, or used another scale, fails."""
+def check_first_update(run, lr: float, model_dir=None) -> None:
+    """Step 1 (no warm start) is Adam's first step from the model folder's weights (`model_dir`,
+    default: the embedded model in the run): every weight with a gradient moves by
+    lr * g / (|g| + eps) ~ lr (plus lr * 0.01 * w of weight decay). So the update happened, on
+    (nearly) every weight, at the configured scale: a trainer whose updates did nothing, or reached
+    only part of the model, or used another scale, fails."""
     from safetensors.torch import load_file
 
-    before = load_file(str(run / "model" / "model.safetensors"))
-    after = run_distributed(_checkpoint_as_hf, 1, run / "checkpoints" / "step_000001", run / "model", tp=1)[0]
+    model_dir = run / "model" if model_dir is None else model_dir
+    before = load_file(str(model_dir / "model.safetensors"))
+    after = run_distributed(_checkpoint_as_hf, 1, run / "checkpoints" / "step_000001", model_dir, tp=1)[0]
     moved = torch.cat([(after[k] - before[k]).abs().flatten() for k in before if before[k].ndim == 2])
     assert moved.median() == pytest.approx(lr, rel=0.2), f"median |dW| {moved.median():.3e} vs lr {lr:.1e}"
     assert (moved > 0.5 * lr).float().mean() > 0.8, "most weights did not take Adam's first step"

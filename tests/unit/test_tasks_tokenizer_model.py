@@ -115,3 +115,39 @@ def test_write_tiny_model_folder(tmp_path):
     again = write_tiny_model(tmp_path / "again", seed=0)  # same seed, same weights
     model2 = AutoModelForCausalLM.from_pretrained(str(again))
     assert torch.equal(model.lm_head.weight, model2.lm_head.weight)
+
+
+def _embedding_grad_norm(model, ids: list[int]) -> float:
+    """Gradient norm of the log-probs of the last 3 tokens, with the input embedding matrix used as
+    megatron-core's embedding uses it: every row, the pad row included, receives its gradient (HF's
+    nn.Embedding(padding_idx=...) would drop the pad row's)."""
+    model.zero_grad()
+    embeddings = model.get_input_embeddings().weight
+    tokens = torch.tensor([ids])
+    logp = model(inputs_embeds=embeddings[tokens]).logits.log_softmax(-1)[0, :-1].gather(-1, tokens[0, 1:, None])
+    logp[-3:].sum().backward()
+    return float(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None)))
+
+
+def test_a_sampled_pad_token_does_not_blow_up_the_gradient(tokenizer):
+    """The gradient-norm spike of the embedded default (2,774 at RL step 2, docs/embedded_default.md):
+    a response "..<|pad|><|eos|>" fed the token after <|pad|> HF's all-zero pad embedding, whose
+    first RMSNorm multiplies the gradient by 1/sqrt(eps) = 1000. The pad row is now initialised like
+    the others, and only it: every other weight is HF's init for the seed."""
+    from transformers import AutoModelForCausalLM
+
+    from policy_split_megatron.tasks.tiny_model import build_tiny_model
+
+    model = build_tiny_model(seed=0)
+    prompt = tokenizer.encode("User: 3 5 7 -> 22\n\nAssistant: 7*", add_special_tokens=False)
+    with_pad = _embedding_grad_norm(model, prompt + [PAD_ID, EOS_ID])
+    with_digit = _embedding_grad_norm(model, prompt + tokenizer.encode("5", add_special_tokens=False) + [EOS_ID])
+    assert with_pad < 3 * with_digit, (with_pad, with_digit)  # it was ~500x with the zero row
+
+    torch.manual_seed(0)
+    hf_init = AutoModelForCausalLM.from_config(tiny_model_config(), dtype=torch.float32).state_dict()
+    ours = model.state_dict()
+    assert [k for k in ours if not torch.equal(ours[k], hf_init[k])] == ["model.embed_tokens.weight"]
+    changed = (ours["model.embed_tokens.weight"] != hf_init["model.embed_tokens.weight"]).any(-1).nonzero().flatten()
+    assert changed.tolist() == [PAD_ID]
+    assert 0.5 < ours["model.embed_tokens.weight"][PAD_ID].std() / 0.02 < 2  # initializer_range
