@@ -37,7 +37,9 @@ def test_reference_kl_is_zero_before_the_first_update_and_grows_after(tmp_path):
     # (the post-warm-start weights; the warm start moved the policy away from the model folder)
     assert abs(rl[0]["train/ref_kl"]) < 1e-6, rl[0]["train/ref_kl"]
     assert abs(rl[0]["reference/kl_k1_old"]) < 1e-6
-    assert rl[1]["train/ref_kl"] > 1e-6, rl[1]["train/ref_kl"]
+    # after one Adam step the k3 estimate is ~ delta^2 / 2 with |delta log pi| ~ 1e-3 (measured 4.5e-7):
+    # far above float noise, which step 1 shows is exactly 0 here
+    assert rl[1]["train/ref_kl"] > 1e-8, rl[1]["train/ref_kl"]
     assert (run / "reference" / "config.json").exists()
 
 
