@@ -59,6 +59,13 @@ def _final_weights(rank, world_size, checkpoint):
     return {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor) and not k.startswith("optimizer")}
 
 
+def _logged_rl_values(run):
+    """The RL steps' rows of metrics.jsonl without wall-clock figures (which differ between identical runs)."""
+    timing = ("time/", "seconds", "per_second")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not any(t in k for t in timing)} for row in rows if row.get("phase") == "rl"]
+
+
 def _checkpoint_as_hf(rank, world_size, checkpoint, model_dir):
     """The HF tensors of a checkpoint's model (loaded at this world's layout)."""
     from transformers import AutoConfig
@@ -123,3 +130,8 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     assert a.keys() == b.keys() and len(a) > 5
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"resumed run differs in {different[:3]}"
+    # The same numbers in the logs: every RL step's values but the timings (the interrupted run
+    # also logged a final evaluation after its step 2, which the uninterrupted one did not).
+    rl_full, rl_split = _logged_rl_values(full), _logged_rl_values(split)
+    assert [r["step"] for r in rl_full] == [1, 2, 3]
+    assert rl_split == rl_full
