@@ -55,15 +55,17 @@ def _mean_of(rows: list[dict], key: str, last: int | None = None) -> float | Non
 
 
 def render_report(out: Path, seeds: Sequence[int], names: Sequence[str], dirs: dict[str, str], *, reference: str,
-                  resamples: int, setup: dict) -> str:
+                  resamples: int, setup: dict, stem: str = "heldout", heldout: str = "held-out") -> str:
+    """Markdown tables of the evaluations saved as `<run>/<stem>.json` (+ `.samples.jsonl`); `heldout`
+    names that evaluation set in the first line."""
     tables: dict[str, dict[int, dict[str, PromptTable]]] = {n: {} for n in names}
     for name in names:
         for seed in seeds:
-            stem = out / f"seed{seed}" / dirs[name] / "heldout"
-            if Path(f"{stem}.json").exists():
-                tables[name][seed] = load_prompt_tables(stem)
+            saved = out / f"seed{seed}" / dirs[name] / stem
+            if Path(f"{saved}.json").exists():
+                tables[name][seed] = load_prompt_tables(saved)
     ref = tables[reference]
-    lines = [f"Seeds {list(seeds)}; {setup['steps']} RL steps x {setup['mini_batches']} mini-batches per run; held-out: "
+    lines = [f"Seeds {list(seeds)}; {setup['steps']} RL steps x {setup['mini_batches']} mini-batches per run; {heldout}: "
              f"{setup['eval_prompts']} prompts x 8 samples per mode. Means over seeds; differences to {reference} "
              f"paired by seed and prompt, 95% interval of a two-level bootstrap ({resamples} replicates); "
              "**bold** = the interval excludes 0. Accuracy and best-of-8 in points.", ""]
