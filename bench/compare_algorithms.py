@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("--wide-eval", type=int, default=0,
                         help="also evaluate every model on this many held-out problems with >= 1 answer (0: off)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--workers", type=int, default=2, help="runs at a time (each uses ~1 core, ~2 GB)")
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (~2 GB each). Every run's rank takes cpu_count threads: on 2 cores two "
+                             "evaluations side by side took 10x longer per model than one alone, so use 1 for --wide-eval")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap replicates")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--table-only", action="store_true", help="only tabulate what has finished")
