@@ -130,8 +130,9 @@ def main() -> None:
     parser.add_argument("--wide-eval", type=int, default=0,
                         help="also evaluate every model on this many held-out problems with >= 1 answer (0: off)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--workers", type=int, default=2, help="runs at a time (~2 GB each). Every run's rank takes cpu_count threads: on 2 cores two "
-                             "evaluations side by side took 10x longer per model than one alone, so use 1 for --wide-eval")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="runs at a time (~2 GB each). Each run's rank takes cpu_count threads: on 2 cores two "
+                             "evaluations side by side took 10x longer per model than one alone; use 1 for --wide-eval")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap replicates")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--table-only", action="store_true", help="only tabulate what has finished")
@@ -188,25 +189,23 @@ def _add_seed(jobs: Jobs, folder: Path, seed: int, args, data: list[str]) -> Non
 
         jobs.add(f"seed{seed}/{run_dir.name}", [f"seed{seed}/{WARM}"], train)
 
-    def evaluate() -> None:
-        models = [(folder / d / "hf", folder / d / "heldout") for d in [WARM, *(METHODS[m][0] for m in args.methods)]]
-        todo = [(hf, stem) for hf, stem in models if not Path(f"{stem}.json").exists()]
-        evaluate_models([f"logging.dir={folder / 'heldout_data'}", *common], todo)
+    run_dirs = [WARM, *(METHODS[m][0] for m in args.methods)]
 
-    trained = [f"seed{seed}/{WARM}", *(f"seed{seed}/{METHODS[m][0]}" for m in args.methods)]
-    jobs.add(f"seed{seed}/evaluate", trained, evaluate)
-    if not args.wide_eval:
-        return
+    def evaluation(stem: str, data_dir: str, overrides: list[str]):
+        """Every model of the seed not yet evaluated under `stem`, in one process (bench/heldout.py)."""
+        def evaluate() -> None:
+            todo = [(folder / d / "hf", folder / d / stem) for d in run_dirs
+                    if not (folder / d / f"{stem}.json").exists()]
+            evaluate_models([f"logging.dir={folder / data_dir}", *common, *overrides], todo)
+        return evaluate
 
-    def evaluate_wide() -> None:
-        models = [(folder / d / "hf", folder / d / WIDE) for d in [WARM, *(METHODS[m][0] for m in args.methods)]]
-        todo = [(hf, stem) for hf, stem in models if not Path(f"{stem}.json").exists()]
+    trained = [f"seed{seed}/{d}" for d in run_dirs]
+    jobs.add(f"seed{seed}/evaluate", trained, evaluation("heldout", "heldout_data", []))
+    if args.wide_eval:
         # after `common`: these replace its held-out size; the same train.seed keeps the request seeds
         wide = ["data.countdown.min_solutions=1", f"data.countdown_eval_size={args.wide_eval}",
                 f"evaluation.max_prompts={args.wide_eval}"]
-        evaluate_models([f"logging.dir={folder / 'heldout_wide_data'}", *common, *wide], todo)
-
-    jobs.add(f"seed{seed}/evaluate_wide", trained, evaluate_wide)
+        jobs.add(f"seed{seed}/evaluate_wide", trained, evaluation(WIDE, "heldout_wide_data", wide))
 
 
 if __name__ == "__main__":
