@@ -27,7 +27,6 @@ import collections
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -107,8 +106,10 @@ class _Worker:
         self.ready = False
 
     def stop(self, kill: bool = False) -> None:
-        if kill and self.process.is_alive():
-            os.kill(self.process.pid, signal.SIGKILL)
+        if kill:
+            # Process.kill, not os.kill: the worker may exit and be reaped between a liveness check
+            # and the signal (seen in CI as ProcessLookupError); multiprocessing ignores that race
+            self.process.kill()
         else:
             try:
                 self.conn.send(None)
